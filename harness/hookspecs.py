@@ -1,0 +1,62 @@
+"""The whole plugin contract of tlbench, in one place.
+
+A plugin is a module (or object) with functions decorated by ``@tlbench.hookimpl`` whose names and argument names
+match the specifications below. Built-in plugins (``tlbench.plugins.*``) use exactly these hooks; third-party
+plugins are found through the ``tlbench`` entry-point group. Every hook is called once per plugin (none is
+``firstresult``); the return values are ignored: plugins hand their objects to ``register``, which validates the
+type and the uniqueness of the name.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+import pluggy
+
+PROJECT_NAME = "tlbench"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_strategies(register: Callable) -> None:
+    """Register transfer strategies.
+
+    Call ``register(strategy)`` once per strategy, with a :class:`tlbench.Strategy` subclass or instance. Its
+    ``name`` must be unique across all plugins. Not firstresult; the return value is ignored.
+    """
+
+
+@hookspec
+def register_backbones(register: Callable) -> None:
+    """Register backbone families.
+
+    Call ``register(family)`` with an object satisfying :class:`tlbench.BackboneFamily`: a ``name`` (``timm``
+    resolves ``timm:<model>``; a family with ``takes_argument = False`` is one backbone), a ``description`` and
+    ``build(argument, num_classes, pretrained) -> tlbench.Backbone``. Names must be unique. Not firstresult.
+    """
+
+
+@hookspec
+def register_datasets(register: Callable) -> None:
+    """Register dataset families.
+
+    Call ``register(family)`` with an object satisfying :class:`tlbench.DatasetFamily`: ``name``, ``description``,
+    ``takes_argument``, ``defaults``, ``fingerprint(argument, options) -> str`` and
+    ``load(argument, options) -> tlbench.ImageSplits``. Names must be unique. Not firstresult.
+    """
+
+
+@hookspec
+def register_executors(register: Callable) -> None:
+    """Register executors (``local`` is built in).
+
+    Call ``register(executor)`` with an object satisfying :class:`tlbench.Executor`: ``name``, ``description`` and
+    ``execute(trials, run_trial)``. Names must be unique. Not firstresult.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``tlbench`` command line: ``cli.add_command(my_command)``. Not firstresult."""

@@ -1,0 +1,225 @@
+"""From the command line's choices to a list of Trials: hyper-parameter resolution, validation and trial keys.
+
+Settings live at three levels, all recorded in every result: the shared protocol (epochs, batch size, schedule...),
+a strategy's own hyper-parameters (plus protocol overrides the strategy declares), and the dataset's options.
+``--set`` reaches all three: ``epochs=5``, ``full.lr=3e-4``, ``frozen.epochs=20``, ``data.train_size=2000``.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from tlbench import PROTOCOL_VERSION
+from tlbench.types import UsageError
+
+# The shared protocol: identical for every strategy unless the strategy overrides a key (recorded either way).
+PROTOCOL_DEFAULTS: dict[str, Any] = {
+    "epochs": 8,
+    "batch_size": 32,
+    "eval_batch_size": 256,
+    "optimizer": "adamw",
+    "weight_decay": 0.01,  # AdamW's default; never applied to norm and bias parameters
+    "schedule": "cosine",  # "cosine" or "constant", per step, after warm-up
+    "warmup_epochs": 1.0,
+    "label_smoothing": 0.0,
+    "image_size": None,  # network input side: None = the dataset's recommendation, else the weights' own
+    "recalibrate_images": 512,  # training images used to re-estimate BatchNorm statistics ("recalibrate" policy)
+    "feature_cache": True,  # train a head on cached frozen features when the plan allows it
+    "amp": "auto",  # "auto" = bf16 autocast on CUDA only; "off"; "bf16"; "fp16"
+    "channels_last": "auto",  # "auto" = on for CUDA, off on CPU; or true / false
+    "compile": False,
+    "deterministic": False,
+}
+SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` values: JSON where it parses (numbers, true/false/null, lists), else the bare string."""
+    lowered = text.strip()
+    if lowered.lower() in ("none", "null"):
+        return None
+    if lowered.lower() in ("true", "false"):
+        return lowered.lower() == "true"
+    try:
+        return json.loads(lowered)
+    except json.JSONDecodeError:
+        return lowered
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE (e.g. --set full.lr=3e-4), got {item!r}")
+        overrides[key.strip()] = parse_value(value)
+    return overrides
+
+
+def _did_you_mean(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One cell of the grid. Its key is a stable hash of everything that defines it."""
+
+    dataset: str
+    backbone: str
+    strategy: str
+    seed: int
+    protocol: Mapping[str, Any]
+    hparams: Mapping[str, Any]
+    data_options: Mapping[str, Any]
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # what the user changed from the defaults
+
+    def identity(self, with_seed: bool = True) -> dict[str, Any]:
+        ident = {"protocol_version": PROTOCOL_VERSION, "dataset": self.dataset, "backbone": self.backbone,
+                 "strategy": self.strategy, "protocol": dict(self.protocol), "hparams": dict(self.hparams),
+                 "data": dict(self.data_options)}
+        if with_seed:
+            ident["seed"] = self.seed
+        return ident
+
+    @property
+    def key(self) -> str:
+        return _digest(self.identity())
+
+    @property
+    def group(self) -> str:
+        """Same for every seed of one configuration: the leaderboard aggregates over it."""
+        return _digest(self.identity(with_seed=False))
+
+    @property
+    def label(self) -> str:
+        """Strategy name plus what differs from its defaults, e.g. ``full[lr=0.0003]``."""
+        if not self.overrides:
+            return self.strategy
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
+        return f"{self.strategy}[{extra}]"
+
+    def to_record(self) -> dict[str, Any]:
+        return {**self.identity(), "key": self.key, "group": self.group, "label": self.label,
+                "overrides": dict(self.overrides)}
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
+    def need_int(key: str, minimum: int) -> None:
+        value = protocol[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise UsageError(f"{where}{key} must be an integer >= {minimum}, got {value!r}; "
+                             f"fix it with --set {where}{key}=<value>")
+
+    need_int("epochs", 1)
+    need_int("batch_size", 1)
+    need_int("eval_batch_size", 1)
+    need_int("recalibrate_images", 1)
+    for key in ("weight_decay", "warmup_epochs", "label_smoothing"):
+        value = protocol[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise UsageError(f"{where}{key} must be a number >= 0, got {value!r}")
+    if protocol["label_smoothing"] >= 1:
+        raise UsageError(f"{where}label_smoothing must be < 1, got {protocol['label_smoothing']!r}")
+    if protocol["schedule"] not in SCHEDULES:
+        raise UsageError(f"{where}schedule must be one of {', '.join(SCHEDULES)}, got {protocol['schedule']!r}")
+    if protocol["amp"] not in AMP_MODES:
+        raise UsageError(f"{where}amp must be one of {', '.join(AMP_MODES)}, got {protocol['amp']!r}")
+    if protocol["optimizer"] != "adamw":
+        raise UsageError(f"{where}optimizer: only 'adamw' is supported, got {protocol['optimizer']!r}")
+    size = protocol["image_size"]
+    if size is not None and (not isinstance(size, int) or size < 8):
+        raise UsageError(f"{where}image_size must be an integer >= 8 or none, got {size!r}")
+
+
+def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str],
+                 strategies: Sequence[tuple[str, Any]], seeds: Sequence[int],
+                 overrides: Mapping[str, Any]) -> list[Trial]:
+    """The grid, sorted by dataset then backbone (so each dataset is decoded once and each backbone's features are
+    reused). ``datasets`` holds (name, family) and ``strategies`` (name, Strategy) pairs; every override key must
+    land somewhere, or it is an error with a suggestion."""
+    strategy_names = {name for name, _ in strategies}
+    used: set[str] = set()
+    protocol_base = dict(PROTOCOL_DEFAULTS)
+    for key, value in overrides.items():
+        if "." not in key and key in PROTOCOL_DEFAULTS:
+            protocol_base[key] = value
+            used.add(key)
+
+    resolved_strategies = []
+    for name, strategy in strategies:
+        protocol = {**protocol_base, **dict(strategy.protocol)}
+        hparams = dict(strategy.defaults)
+        changed = {k: v for k, v in overrides.items()
+                   if "." not in k and k in PROTOCOL_DEFAULTS and v != PROTOCOL_DEFAULTS[k]}
+        for key, value in overrides.items():
+            scope, _, sub = key.partition(".")
+            if scope != name or not sub:
+                continue
+            if sub in hparams:
+                default = strategy.defaults[sub]
+                hparams[sub] = value
+            elif sub in PROTOCOL_DEFAULTS:
+                default = {**PROTOCOL_DEFAULTS, **dict(strategy.protocol)}[sub]
+                protocol[sub] = value
+            else:
+                raise UsageError(f"unknown setting {key!r}: {name} has "
+                                 f"{', '.join(sorted(hparams) + sorted(PROTOCOL_DEFAULTS))}"
+                                 f"{_did_you_mean(sub, list(hparams) + list(PROTOCOL_DEFAULTS))}")
+            if value != default:
+                changed[sub] = value
+            else:
+                changed.pop(sub, None)
+            used.add(key)
+        validate_protocol(protocol, f"{name}." if any(k.startswith(name + ".") for k in used) else "")
+        strategy.validate(hparams)
+        resolved_strategies.append((name, protocol, hparams, changed))
+
+    resolved_datasets = []
+    family_defaults = {name: dict(family.defaults) for name, family in datasets}
+    for name, family in datasets:
+        options = dict(family.defaults)
+        for key, value in overrides.items():
+            scope, _, sub = key.partition(".")
+            if scope != "data":
+                continue
+            if sub not in options:
+                raise UsageError(f"unknown setting {key!r}: dataset {name.split(':')[0]} has "
+                                 f"{', '.join('data.' + k for k in sorted(options))}"
+                                 f"{_did_you_mean(sub, options)}")
+            options[sub] = value
+            used.add(key)
+        resolved_datasets.append((name, options))
+
+    for key in overrides:
+        if key in used:
+            continue
+        scope = key.partition(".")[0]
+        if "." in key and scope not in strategy_names and scope != "data":
+            candidates = sorted(strategy_names) + ["data"]
+            raise UsageError(f"unknown setting {key!r}: {scope!r} is not a selected strategy or 'data'"
+                             f"{_did_you_mean(scope, candidates)}")
+        if "." not in key:
+            raise UsageError(f"unknown setting {key!r}{_did_you_mean(key, PROTOCOL_DEFAULTS)}; protocol settings: "
+                             f"{', '.join(sorted(PROTOCOL_DEFAULTS))}")
+
+    trials = []
+    for dataset_name, data_options in resolved_datasets:
+        for backbone in backbones:
+            for name, protocol, hparams, changed in resolved_strategies:
+                data_changed = {f"data.{k.partition('.')[2]}": v for k, v in overrides.items()
+                                if k.startswith("data.") and v != family_defaults[dataset_name].get(
+                                    k.partition('.')[2])}
+                for seed in seeds:
+                    trials.append(Trial(dataset_name, backbone, name, seed, protocol, hparams, data_options,
+                                        {**changed, **data_changed}))
+    return trials

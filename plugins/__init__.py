@@ -1,0 +1,1 @@
+"""Built-in tlbench plugins: ordinary hookimpl modules, registered like third-party ones."""
