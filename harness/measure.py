@@ -1,0 +1,170 @@
+"""Honest measurements: synchronised timers, per-trial peak memory, FLOPs from torch's own counter, environment."""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import platform
+import resource
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """Accumulates wall time of timed regions; on CUDA each region ends with a synchronize."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+        self._start: float | None = None
+
+    def __enter__(self) -> "Stopwatch":
+        synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - (self._start or 0.0)
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory of one trial. CUDA: max allocated / reserved after a reset. CPU: growth of the process's peak
+    resident set (Linux resets the high-water mark through /proc/self/clear_refs; elsewhere ru_maxrss growth)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base_allocated = torch.cuda.memory_allocated(self.device)
+        else:
+            self._hwm_reset = False
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self._hwm_reset = True
+            except OSError:
+                pass
+            self._rss_start = _rss_kib("VmRSS") or 0
+            self._maxrss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        mib = 1024 * 1024
+        if self.device.type == "cuda":
+            self.result = {
+                "kind": "cuda",
+                "max_allocated_mib": torch.cuda.max_memory_allocated(self.device) / mib,
+                "max_reserved_mib": torch.cuda.max_memory_reserved(self.device) / mib,
+                "baseline_allocated_mib": self._base_allocated / mib,
+            }
+            self.result["peak_mib"] = self.result["max_allocated_mib"]
+        else:
+            hwm = _rss_kib("VmHWM") if self._hwm_reset else None
+            if hwm is not None:
+                growth = max(0, hwm - self._rss_start) / 1024
+                how = "VmHWM after clear_refs"
+            else:
+                growth = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._maxrss_start) / 1024
+                how = "ru_maxrss growth (a lower bound)"
+            self.result = {"kind": "cpu-rss", "peak_mib": growth, "how": how}
+
+
+def forward_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one forward pass on ``example`` (count from torch.utils.flop_counter; eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def train_step_flops(model: torch.nn.Module, example: torch.Tensor, num_classes: int) -> int:
+    """FLOPs of one forward + backward on ``example``, counted on a copy so the real model is untouched."""
+    clone = copy.deepcopy(model)
+    clone.train()
+    with FlopCounterMode(display=False) as counter:
+        logits = clone(example)
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.zeros(len(example), dtype=torch.long,
+                                                                                device=example.device))
+        if loss.requires_grad:
+            loss.backward()
+    del clone
+    return int(counter.get_total_flops())
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import timm
+    import torchvision
+
+    import tlbench
+
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "tlbench": tlbench.__version__,
+        "protocol_version": tlbench.PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": _git_commit(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
+    }
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    with Stopwatch(device) as watch:
+        result = fn()
+    return result, watch.seconds

@@ -1,0 +1,188 @@
+"""One training loop for every strategy: index slices of device tensors, on-device preprocessing, AdamW with
+warm-up + schedule, validation every epoch, best epoch chosen on validation. The test split never enters here.
+
+The loop does not know which strategy or backbone it trains: it gets a module, two device-resident splits and the
+optimizer groups the plan produced.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from tlbench.measure import synchronize
+
+WARMUP_STEPS = 3  # training steps excluded from throughput (allocator, cudnn autotuning, compile)
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Split:
+    """A split on the device: ``inputs`` are uint8 images or cached features; the two callables turn a slice of
+    them into model inputs (training may augment, using the generator)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    prepare_train: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    prepare_eval: Callable[[torch.Tensor], torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Evaluation:
+    top1: float
+    top5: float | None
+    images: int
+    seconds: float
+    images_per_s: float | None  # excludes the first batch (warm-up) when there is more than one
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: Evaluation
+    history: list[dict[str, Any]]
+    train_images_per_s: float | None
+    train_seconds: float
+    val_seconds: float
+    steps: int
+    best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+
+def autocast_context(device: torch.device, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int, device: torch.device,
+             autocast: Callable[[], contextlib.AbstractContextManager], num_classes: int) -> Evaluation:
+    correct1 = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    timed_images, timed_start = 0, None
+    synchronize(device)
+    start = time.perf_counter()
+    for index, lo in enumerate(range(0, len(split), batch_size)):
+        if index == 1:
+            synchronize(device)
+            timed_start = time.perf_counter()
+        x = split.prepare_eval(split.inputs[lo:lo + batch_size])
+        y = split.labels[lo:lo + batch_size]
+        with autocast():
+            logits = model(x)
+        topk = logits.topk(min(5, num_classes), dim=1).indices
+        correct1 += (topk[:, 0] == y).sum()
+        correct5 += (topk == y[:, None]).any(dim=1).sum()
+        if index >= 1:
+            timed_images += len(y)
+    synchronize(device)
+    end = time.perf_counter()
+    total = len(split)
+    rate = timed_images / (end - timed_start) if timed_start is not None and end > timed_start else None
+    return Evaluation(top1=correct1.item() / total, top5=(correct5.item() / total) if num_classes > 5 else None,
+                      images=total, seconds=end - start, images_per_s=rate)
+
+
+def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[str, Any]],
+        protocol: Mapping[str, Any], *, device: torch.device, generator: torch.Generator, num_classes: int,
+        before_eval: Callable[[], None] = lambda: None,
+        eval_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        progress: Callable[[int], None] = lambda n: None) -> FitResult:
+    """Train ``model`` for ``protocol['epochs']`` epochs; after each, run ``before_eval`` (BatchNorm
+    recalibration), score the validation split, and keep the weights of the best epoch (earliest on ties)."""
+    epochs, batch_size = protocol["epochs"], protocol["batch_size"]
+    autocast = autocast_context(device, protocol["amp"])
+    scaler = torch.amp.GradScaler(device.type) if protocol["amp"] == "fp16" else None
+    optimizer = torch.optim.AdamW(optimizer_groups, lr=optimizer_groups[0]["lr"])
+    # Full batches only (as timm's loaders do): a last batch of one image breaks BatchNorm in train mode.
+    steps_per_epoch = max(1, len(train) // batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup = min(total_steps, round(protocol["warmup_epochs"] * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, protocol["schedule"]))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=protocol["label_smoothing"])
+    eval_model = eval_model or model
+
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int] = (-1.0, 0)
+    best_eval: Evaluation | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    timed_seconds, timed_images, train_seconds, val_seconds, step = 0.0, 0, 0.0, 0.0, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        synchronize(device)
+        epoch_start = time.perf_counter()
+        timed_from, images_after_warmup = (epoch_start if step >= WARMUP_STEPS else None), 0
+        for index in range(steps_per_epoch):
+            batch = order[index * batch_size:(index + 1) * batch_size]
+            x = train.prepare_train(train.inputs[batch], generator)
+            y = train.labels[batch]
+            with autocast():
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach().float()
+            step += 1
+            if timed_from is None and step == WARMUP_STEPS:
+                synchronize(device)
+                timed_from = time.perf_counter()
+            elif timed_from is not None:
+                images_after_warmup += len(y)
+            progress(1)
+        synchronize(device)
+        epoch_end = time.perf_counter()
+        train_seconds += epoch_end - epoch_start
+        if timed_from is not None:
+            timed_seconds += epoch_end - timed_from
+            timed_images += images_after_warmup
+        mean_loss = (loss_sum / steps_per_epoch).item()
+        if not math.isfinite(mean_loss):
+            raise TrialDiverged(f"training loss became {mean_loss} in epoch {epoch}; lower the learning rate")
+
+        model.eval()
+        before_eval()
+        result = evaluate(eval_model, val, protocol["eval_batch_size"], device, autocast, num_classes)
+        val_seconds += result.seconds
+        history.append({"epoch": epoch, "train_loss": mean_loss, "val_top1": result.top1, "val_top5": result.top5,
+                        "lr": [g["lr"] for g in optimizer.param_groups][:1][0]})
+        if result.top1 > best[0]:
+            best = (result.top1, epoch)
+            best_eval = result
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert best_eval is not None
+    return FitResult(best_epoch=best[1], best_val=best_eval, history=history,
+                     train_images_per_s=(timed_images / timed_seconds) if timed_seconds > 0 else None,
+                     train_seconds=train_seconds, val_seconds=val_seconds, steps=step, best_state=best_state)

@@ -1,0 +1,59 @@
+"""The leaderboard is a view over records: grouping over seeds, statistics, failures shown, formats."""
+import csv
+import io
+import json
+import math
+import statistics
+
+import pytest
+
+from tlbench.leaderboard import render, t95
+from tlbench.types import UsageError
+
+
+def record(strategy, seed, acc, status="ok", dataset="d", backbone="b", group=None):
+    return {"key": f"{strategy}-{seed}-{status}", "status": status, "error": "boom" if status != "ok" else None,
+            "trial": {"dataset": dataset, "backbone": backbone, "strategy": strategy, "label": strategy,
+                      "seed": seed, "group": group or f"g-{strategy}"},
+            "metrics": {"test_top1": acc, "val_top1": acc, "train_images_per_s": 100.0,
+                        "eval_images_per_s": 400.0, "peak_memory_mib": 12.0, "time_s": {"total": 3.0}}
+            if status == "ok" else {}}
+
+
+def test_mean_std_ci_over_seeds_and_sorting():
+    records = [record("full", s, a) for s, a in enumerate([0.70, 0.72, 0.74])]
+    records += [record("scratch", s, a) for s, a in enumerate([0.50, 0.52, 0.48])]
+    rows = json.loads(render(records, "json"))
+    assert [r["strategy"] for r in rows] == ["full", "scratch"]
+    full = rows[0]["test"]
+    assert full["n"] == 3 and full["mean"] == pytest.approx(0.72)
+    assert full["std"] == pytest.approx(statistics.stdev([0.70, 0.72, 0.74]))
+    assert full["ci95"] == pytest.approx(4.303 * full["std"] / math.sqrt(3))
+    text = render(records, "github")
+    assert "72.0 ± 2.0" in text and "[67.0, 77.0]" in text
+
+
+def test_single_seed_says_n1_instead_of_zero_spread():
+    text = render([record("frozen", 0, 0.6)], "plain")
+    assert "n=1" in text and "±" not in text
+
+
+def test_failed_trials_are_marked_not_hidden():
+    records = [record("full", 0, 0.7), record("full", 1, None, status="failed"),
+               record("partial", 0, None, status="diverged")]
+    text = render(records, "github")
+    assert "1 failed" in text
+    assert "FAILED" in text and "1 diverged" in text
+
+
+def test_csv_and_unknown_inputs():
+    rows = list(csv.DictReader(io.StringIO(render([record("full", 0, 0.7)], "csv"))))
+    assert rows[0]["strategy"] == "full" and rows[0]["test top-1 %"] == "70.0"
+    with pytest.raises(UsageError, match="unknown format"):
+        render([], "xml")
+    with pytest.raises(UsageError, match="unknown leaderboard column"):
+        render([record("full", 0, 0.7)], "github", columns=["nope"])
+
+
+def test_t_quantiles():
+    assert t95(1) == 12.706 and t95(2) == 4.303 and t95(100) == 1.96

@@ -1,0 +1,92 @@
+"""The result store: atomic records, resume bookkeeping, claims between processes, tolerance of foreign files."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tlbench.store import SCHEMA_VERSION, ResultStore, atomic_write_text
+from tlbench.types import UsageError
+
+
+def test_write_read_roundtrip_and_schema(tmp_path):
+    store = ResultStore(tmp_path)
+    path = store.write({"key": "abc", "status": "ok", "metrics": {"test_top1": 0.5}})
+    assert path == tmp_path / "abc.json"
+    record = store.read("abc")
+    assert record["schema"] == SCHEMA_VERSION and record["metrics"]["test_top1"] == 0.5
+    assert store.read("missing") is None
+    assert not list(tmp_path.glob(".*.tmp")), "temp files must not be left behind"
+
+
+def test_atomic_write_keeps_old_content_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "r.json"
+    atomic_write_text(target, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_foreign_and_corrupt_files_are_skipped_with_a_warning(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write({"key": "good", "status": "ok"})
+    (tmp_path / "corrupt.json").write_text('{"key": "x", "sta')
+    (tmp_path / "foreign.json").write_text(json.dumps({"hello": "world"}))
+    with pytest.warns(UserWarning) as caught:
+        keys = [r["key"] for r in store.records()]
+    assert keys == ["good"]
+    messages = " ".join(str(w.message) for w in caught)
+    assert "corrupt.json" in messages and "foreign.json" in messages
+
+
+def test_claim_is_exclusive_between_processes_and_released_on_death(tmp_path):
+    store = ResultStore(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from tlbench.store import ResultStore
+        assert ResultStore({str(tmp_path)!r}).claim("k1")
+        print("claimed", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        assert store.claim("k1") is False, "a live process holds the claim"
+        holder.kill()  # like kill -9: no cleanup code runs
+        holder.wait()
+        assert store.claim("k1") is True, "a dead process's claim must not block"
+        store.release("k1")
+        assert not (tmp_path / "k1.lock").exists()
+    finally:
+        holder.kill()
+
+
+def test_claim_twice_in_one_process_is_refused_until_released(tmp_path):
+    store = ResultStore(tmp_path)
+    other = ResultStore(tmp_path)
+    assert store.claim("k") is True
+    assert other.claim("k") is False  # a second open file description cannot take the flock
+    store.release("k")
+    assert other.claim("k") is True
+
+
+def test_check_writable_creates_nothing_and_names_the_fix(tmp_path):
+    ResultStore(tmp_path / "a" / "b").check_writable()
+    assert not (tmp_path / "a").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="not a directory.*--results-dir"):
+        ResultStore(blocker).check_writable()
+    if os.geteuid() != 0:  # root can write anywhere; the mode check is meaningful for normal users only
+        readonly = tmp_path / "ro"
+        readonly.mkdir()
+        readonly.chmod(0o500)
+        with pytest.raises(UsageError, match="not writable"):
+            ResultStore(readonly).check_writable()
