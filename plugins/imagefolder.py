@@ -1,0 +1,240 @@
+"""The user's own images: ``imagefolder:<path>``.
+
+Two layouts. ``<path>/<class>/<image>``: train, val and test are a stratified split of all images. Or
+``<path>/train/<class>/``, ``<path>/val/<class>/`` (or ``valid``) and ``<path>/test/<class>/``: used as they are;
+a missing val or test folder is split from train. Images may sit in sub-folders of a class folder; hidden files are
+ignored; every other file in a class folder must be an image (see ``on_bad_image``).
+
+Every PIL mode becomes 8-bit RGB: EXIF orientation applied; 16-bit grey ("I;16*", and "I", which is how 16-bit
+files decode in some Pillow versions) scaled from 0..65535 to 0..255 with rounding, not clipped; float ("F") read as
+0..1 when it fits, else 0..255; transparent images (RGBA, LA, PA, P or L/RGB with a transparent colour) are
+composited onto white, so the result depends only on what is visible and not on the arbitrary colour an encoder
+left under transparent pixels; CMYK, palette, 1-bit and YCbCr are converted by PIL. Images are then stored at
+``storage_size``: shorter side resized (bicubic, antialiased), centre-cropped to a square.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from tlbench import ImageSplits, UsageError, hookimpl
+from tlbench.splits import (DataWarning, check_common_options, decode_parallel, digest_of, files_fingerprint,
+                            fit_image, merged_options, require_choice, require_fraction, stratified_split)
+
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
+IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+# ------------------------------------------------------------------------------------------ decoding to RGB
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, scaling rather than clipping high bit depths (see the module docstring)."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in SIXTEEN_BIT_GREY:
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":  # float images: 0..1 when they fit, else 0..255
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in TRANSPARENT_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image_file(path: Path, storage_size: int | None) -> np.ndarray:
+    """One image file as (H, W, 3) uint8 at the storage size. Raises on files that are not images or are cut off."""
+    with Image.open(path) as image:
+        if storage_size:  # JPEG: let the decoder scale down by 2/4/8 while staying >= the storage size (fast)
+            image.draft(None, (storage_size, storage_size))
+        image.load()
+        return fit_image(to_rgb8(ImageOps.exif_transpose(image)), storage_size)
+
+
+# --------------------------------------------------------------------------------------------- the folders
+@dataclass
+class FolderScan:
+    """What is on disk: the layout, the classes, and the candidate files of each folder with their labels."""
+
+    root: Path
+    layout: str  # "class-folders" | "split-folders"
+    classes: list[str]
+    folders: dict[str, Path] = field(default_factory=dict)  # "all" | "train" | "val" | "test" -> folder
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def all_files(self) -> list[Path]:
+        return [path for paths in self.files.values() for path in paths]
+
+
+def scan(argument: str | None) -> FolderScan:
+    """Finds the layout and the files, with a one-line UsageError for every way the folder can be unusable."""
+    if not argument:
+        raise UsageError("imagefolder needs a path: use imagefolder:<folder with one sub-folder per class>")
+    root = Path(argument).expanduser()
+    if not root.exists():
+        raise UsageError(f"imagefolder: {root} does not exist; pass imagefolder:<folder with one sub-folder per "
+                         f"class>")
+    if not root.is_dir():
+        raise UsageError(f"imagefolder: {root} is not a directory; pass the folder that holds one sub-folder per "
+                         f"class")
+    present = {name for names in SPLIT_FOLDERS.values() for name in names if (root / name).is_dir()}
+    if "train" not in present:
+        if present:
+            raise UsageError(f"imagefolder: {root} has {'/'.join(sorted(present))} folder(s) but no train/ folder; "
+                             f"add train/<class>/ or use one folder per class without split folders")
+        classes, files, labels = _scan_classes(root)
+        return FolderScan(root, "class-folders", classes, {"all": root}, {"all": files}, {"all": labels})
+    if {"val", "valid"} <= present:
+        raise UsageError(f"imagefolder: {root} has both val/ and valid/ folders; keep only one")
+    result = FolderScan(root, "split-folders", [])
+    for split, names in SPLIT_FOLDERS.items():
+        folder = next((root / name for name in names if name in present), None)
+        if folder is None:
+            continue
+        classes, files, labels = _scan_classes(folder)
+        if not result.classes:
+            result.classes = classes
+        elif classes != result.classes:
+            missing = sorted(set(result.classes) - set(classes))
+            extra = sorted(set(classes) - set(result.classes))
+            raise UsageError(f"imagefolder: the class folders of {folder} differ from those of {root / 'train'} "
+                             f"(missing: {', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'}); "
+                             f"make them agree")
+        result.folders[split], result.files[split], result.labels[split] = folder, files, labels
+    return result
+
+
+def _scan_classes(folder: Path) -> tuple[list[str], list[Path], np.ndarray]:
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise UsageError(f"imagefolder: no class folders in {folder}; expected {folder}/<class>/<image> (or "
+                         f"train/, val/, test/ folders that each hold class folders)")
+    if len(classes) == 1:
+        raise UsageError(f"imagefolder: {folder} has only one class folder ({classes[0]!r}); classification needs "
+                         f"at least 2 class folders")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = _files_under(folder / name)
+        if not found:
+            raise UsageError(f"imagefolder: class folder {folder / name} has no images; add images to it or remove "
+                             f"it")
+        files += found
+        labels += [label] * len(found)
+    return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    found = []
+    for directory, subdirectories, names in os.walk(folder, followlinks=True):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        found += [Path(directory) / name for name in sorted(names)
+                  if not name.startswith(".") and name not in IGNORED_FILES]
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- family
+class ImageFolder:
+    name = "imagefolder"
+    description = ("your images: imagefolder:<path> with <path>/<class>/<image> (split by val_fraction/"
+                   "test_fraction, 70/15/15) or train/ val/ test/ folders of classes used as they are")
+    takes_argument = True
+    defaults: Mapping[str, Any] = {
+        "train_size": 0, "val_size": 0, "test_size": 0, "val_fraction": 0.15, "test_fraction": 0.15,
+        "split_seed": 0, "storage_size": 256, "augment": "crop-flip", "image_size": None, "on_bad_image": "fail",
+    }
+
+    def validate(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        options = merged_options(self.defaults, options)
+        meaning = "0 = use data.val_fraction/data.test_fraction, the rest for train"
+        check_common_options(options, {key: (0, meaning) for key in ("train_size", "val_size", "test_size")})
+        if require_fraction(options, "val_fraction") + require_fraction(options, "test_fraction") >= 1:
+            raise UsageError(f"data.val_fraction + data.test_fraction must be below 1, got "
+                             f"{options['val_fraction']} + {options['test_fraction']}; lower one with "
+                             f"--set data.val_fraction=<value>")
+        require_choice(options, "on_bad_image", BAD_IMAGE_POLICIES)
+        return options
+
+    def fingerprint(self, argument: str | None, options: Mapping[str, Any]) -> str:
+        options = self.validate(options)
+        found = scan(argument)
+        return digest_of(found.layout, found.classes, files_fingerprint(found.all_files(), found.root), options)
+
+    def load(self, argument: str | None, options: Mapping[str, Any]) -> ImageSplits:
+        options = self.validate(options)
+        found = scan(argument)
+        chosen = self._choose(found, options)  # split -> (folder key, indices into that folder's files)
+        decoded = {}  # split -> (images, labels, paths); one tensor per split (no shared storage to save)
+        for split, (key, index) in chosen.items():
+            paths = [found.files[key][i] for i in index.tolist()]
+            images, failures = decode_parallel(paths, lambda p: decode_image_file(p, options["storage_size"]),
+                                               options["storage_size"])
+            decoded[split] = (images, torch.from_numpy(found.labels[key][index.numpy()]), paths, failures)
+        bad = sorted(paths[i] for _, _, paths, failures in decoded.values() for i in failures)
+        reasons = {paths[i]: reason for _, _, paths, failures in decoded.values() for i, reason in failures.items()}
+        if bad and options["on_bad_image"] == "fail":
+            more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+            raise UsageError(f"imagefolder: cannot read {bad[0]} as an image ({reasons[bad[0]]}){more}; fix or "
+                             f"remove it, or skip unreadable files with --set data.on_bad_image=skip")
+        skipped = [path.relative_to(found.root).as_posix() for path in bad]
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable file(s) in {found.root}: {shown}",
+                          DataWarning, stacklevel=2)
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for split, (images, labels, paths, failures) in decoded.items():
+            if failures:
+                keep = torch.ones(len(paths), dtype=torch.bool)
+                keep[list(failures)] = False
+                images, labels = images[keep], labels[keep]
+            if len(labels) == 0:
+                raise UsageError(f"imagefolder: no readable images left for the {split} split after skipping "
+                                 f"{len(skipped)} unreadable file(s); add images to {found.root}")
+            parts[split] = (images, labels)
+
+        source = {
+            "dataset": self.name, "path": str(found.root.resolve()), "layout": found.layout,
+            "splits": {split: (f"{found.folders[key].name}/" if key == split else
+                               f"stratified split of {'all images' if key == 'all' else 'train/'}")
+                       for split, (key, _) in chosen.items()},
+            "files": len(found.all_files()), "split_seed": options["split_seed"],
+            "storage_size": options["storage_size"], "skipped": skipped,
+        }
+        return ImageSplits(*parts["train"], *parts["val"], *parts["test"], list(found.classes), source)
+
+    @staticmethod
+    def _choose(found: FolderScan, options: Mapping[str, Any]) -> dict[str, tuple[str, torch.Tensor]]:
+        """Which files each split uses: given folders as they are (or a stratified subset of ``<split>_size``),
+        missing ones carved from train (or from all images) by size, or by fraction when the size is 0."""
+        seed = options["split_seed"]
+        pool = "all" if found.layout == "class-folders" else "train"
+        carved: dict[str, int | float | None] = {"train": options["train_size"] or None}
+        chosen: dict[str, tuple[str, torch.Tensor]] = {}
+        for split in ("val", "test"):
+            if split in found.files:
+                index = stratified_split(found.labels[split], {split: options[f"{split}_size"] or None}, seed)[split]
+                chosen[split] = (split, index)
+            else:
+                carved[split] = options[f"{split}_size"] or options[f"{split}_fraction"]
+        advice = (f"add images to {found.root} or set smaller data.train_size/val_size/test_size "
+                  f"(0 = use data.val_fraction/test_fraction)")
+        for split, index in stratified_split(found.labels[pool], carved, seed, fix=advice).items():
+            chosen[split] = (pool, index)
+        return {split: chosen[split] for split in ("train", "val", "test")}
+
+
+@hookimpl
+def register_datasets(register):
+    register(ImageFolder())
