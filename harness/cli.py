@@ -22,18 +22,24 @@ def _plugins():
     return Plugins()
 
 
+class BadInput(click.ClickException):
+    """Bad input: click prints "Error: <one line>" and exits 2 (no usage preamble: the line says the fix)."""
+
+    exit_code = 2
+
+
 def _fail(message: str) -> None:
-    raise click.UsageError(message)
+    raise BadInput(message)
 
 
 class TlbenchGroup(click.Group):
-    """Turns tlbench's UsageError into click's (one line, exit 2) and adds plugin commands lazily."""
+    """Turns tlbench's UsageError into one "Error:" line with exit code 2, and adds plugin commands lazily."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except UsageError as exc:
-            raise click.UsageError(str(exc), ctx) from None
+        except UsageError as exc:  # one line, even when it quotes a multi-line message (e.g. pluggy's)
+            raise BadInput(" ".join(part.strip() for part in str(exc).splitlines())) from None
 
     def _ensure_plugin_commands(self) -> None:
         if getattr(self, "_plugin_commands_added", False):
@@ -151,18 +157,21 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     if deterministic:
         overrides["deterministic"] = True
     trials = build_trials(datasets=chosen_datasets, backbones=backbone_names, strategies=chosen_strategies,
-                          seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides)
+                          seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
+                          registered_strategies=plugins.strategies.names())
 
     store = ResultStore(results_dir or default_results_dir())
     store.check_writable()
     command = "tlbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     runner = TrialRunner(plugins, store, pick_device(device), _progress_factory(quiet), command)
 
-    pending, skipped = [], 0
+    pending, skipped, failed_before = [], 0, []
     for trial in trials:
         existing = store.read(trial.key)
         if existing is not None and not force and (existing.get("status") == "ok" or not retry_failed):
             skipped += 1
+            if existing.get("status") != "ok":
+                failed_before.append(existing)
             continue
         pending.append(trial)
     if pending:
@@ -203,10 +212,11 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     failed = outcome["failed"]
     click.echo(f"tlbench: {outcome['ok']} ok, {len(failed)} failed, {skipped} skipped (done before), "
                f"{outcome['busy']} busy elsewhere, in {elapsed:.1f} s", err=True)
-    for record in failed:
-        click.echo(f"  failed: {record['trial']['label']} seed {record['trial']['seed']} on "
-                   f"{record['trial']['backbone']}: {record.get('error')}", err=True)
-    if failed:
+    for record in failed + failed_before:
+        earlier = " (earlier run; --retry-failed re-runs it)" if record in failed_before else ""
+        click.echo(f"  {record.get('status', 'failed')}: {record['trial']['label']} seed {record['trial']['seed']} "
+                   f"on {record['trial']['backbone']}{earlier}: {record.get('error')}", err=True)
+    if failed or failed_before:  # the grid is not all good while any of its cells failed, now or before
         sys.exit(1)
 
 
@@ -316,7 +326,10 @@ def rerun_arguments(record: dict[str, Any], results_dir: Path) -> list[str]:
 def _as_setting(value: Any) -> str:
     import json
 
-    return "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    from tlbench.plan import parse_value
+
+    text = "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    return text if parse_value(text) == value else json.dumps(value)  # e.g. the string "none" must stay a string
 
 
 def _run_params(args: list[str], ctx: click.Context) -> dict[str, Any]:

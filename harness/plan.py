@@ -143,10 +143,11 @@ def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
 
 def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str],
                  strategies: Sequence[tuple[str, Any]], seeds: Sequence[int],
-                 overrides: Mapping[str, Any]) -> list[Trial]:
+                 overrides: Mapping[str, Any], registered_strategies: Iterable[str] = ()) -> list[Trial]:
     """The grid, sorted by dataset then backbone (so each dataset is decoded once and each backbone's features are
     reused). ``datasets`` holds (name, family) and ``strategies`` (name, Strategy) pairs; every override key must
-    land somewhere, or it is an error with a suggestion."""
+    land somewhere, or it is an error with a suggestion. Settings for registered strategies outside the grid are
+    ignored, so one settings list serves many grids."""
     strategy_names = {name for name, _ in strategies}
     used: set[str] = set()
     protocol_base = dict(PROTOCOL_DEFAULTS)
@@ -205,7 +206,9 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
             continue
         scope = key.partition(".")[0]
         if "." in key and scope not in strategy_names and scope != "data":
-            candidates = sorted(strategy_names) + ["data"]
+            if scope in set(registered_strategies):
+                continue
+            candidates = sorted(strategy_names | set(registered_strategies)) + ["data"]
             raise UsageError(f"unknown setting {key!r}: {scope!r} is not a selected strategy or 'data'"
                              f"{_did_you_mean(scope, candidates)}")
         if "." not in key:

@@ -44,8 +44,9 @@ class PluginInfo:
 class Registry(Generic[T]):
     """Named objects of one kind. ``register`` validates; ``get`` resolves with "did you mean"."""
 
-    def __init__(self, kind: str, check: Callable[[Any], T]):
+    def __init__(self, kind: str, plural: str, check: Callable[[Any], T]):
         self.kind = kind
+        self.plural = plural
         self._check = check
         self._entries: dict[str, tuple[T, str]] = {}
         self.current_plugin = "?"
@@ -79,7 +80,7 @@ class Registry(Generic[T]):
     def unknown_message(self, name: str, hint: str = "") -> str:
         close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.6)
         suggestion = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(self.names()) or 'none'}"
-        return f"unknown {self.kind} {name!r}{suggestion} (see `tlbench list {self.kind}s`){hint}"
+        return f"unknown {self.kind} {name!r}{suggestion} (see `tlbench list {self.plural}`){hint}"
 
 
 def _as_strategy(obj: Any) -> Strategy:
@@ -90,19 +91,14 @@ def _as_strategy(obj: Any) -> Strategy:
     return obj
 
 
-def _protocol_check(kind: str, protocol: type) -> Callable[[Any], Any]:
+def _protocol_check(kind: str, protocol: type, members: tuple[str, ...]) -> Callable[[Any], Any]:
     def check(obj: Any) -> Any:
-        if not isinstance(obj, protocol):
-            missing = [a for a in ("name", "description") + _protocol_methods(protocol) if not hasattr(obj, a)]
+        missing = [member for member in members if not hasattr(obj, member)]
+        if missing:
             raise UsageError(f"register_{kind}s got {obj!r}, which is not a tlbench.{protocol.__name__} "
                              f"(missing: {', '.join(missing)})")
         return obj
     return check
-
-
-def _protocol_methods(protocol: type) -> tuple[str, ...]:
-    return tuple(n for n in ("build", "load", "fingerprint", "execute", "takes_argument", "defaults")
-                 if hasattr(protocol, n) or n in getattr(protocol, "__annotations__", {}))
 
 
 class Plugins:
@@ -114,10 +110,13 @@ class Plugins:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
-        self.strategies: Registry[Strategy] = Registry("strategy", _as_strategy)
-        self.backbones: Registry[BackboneFamily] = Registry("backbone", _protocol_check("backbone", BackboneFamily))
-        self.datasets: Registry[DatasetFamily] = Registry("dataset", _protocol_check("dataset", DatasetFamily))
-        self.executors: Registry[Executor] = Registry("executor", _protocol_check("executor", Executor))
+        self.strategies: Registry[Strategy] = Registry("strategy", "strategies", _as_strategy)
+        self.backbones: Registry[BackboneFamily] = Registry("backbone", "backbones", _protocol_check(
+            "backbone", BackboneFamily, ("name", "description", "takes_argument", "build")))
+        self.datasets: Registry[DatasetFamily] = Registry("dataset", "datasets", _protocol_check(
+            "dataset", DatasetFamily, ("name", "description", "takes_argument", "defaults", "fingerprint", "load")))
+        self.executors: Registry[Executor] = Registry("executor", "executors", _protocol_check(
+            "executor", Executor, ("name", "description", "execute")))
         from tlbench import __version__
 
         for module_name in DEFAULT_PLUGINS:

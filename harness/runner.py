@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
-import sys
+import os
 import time
 import traceback
 from contextlib import nullcontext
@@ -22,7 +21,7 @@ from tlbench.plan import Trial
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
-from tlbench.trainer import Split, TrialDiverged, autocast_context, evaluate, fit
+from tlbench.trainer import Split, TrialDiverged, autocast_context, evaluate, extract_features, fit
 from tlbench.types import Backbone, ImageSplits, UsageError
 
 
@@ -32,7 +31,7 @@ def resolve(registry: Any, name: str, hint: str = "") -> tuple[Any, str | None]:
     family = registry.get(family_name, hint)
     if family.takes_argument and not argument:
         raise UsageError(f"{registry.kind} {family_name!r} needs an argument: {family_name}:<...> "
-                         f"(see `tlbench list {registry.kind}s`)")
+                         f"(see `tlbench list {registry.plural}`)")
     if not family.takes_argument and sep:
         raise UsageError(f"{registry.kind} {family_name!r} takes no argument; use {family_name!r}")
     return family, (argument if sep else None)
@@ -45,6 +44,15 @@ def pick_device(requested: str | None) -> torch.device:
             raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Outcome:
+    fit: Any  # trainer.FitResult
+    test: Any  # trainer.Evaluation, scored once at the best validation epoch
+    eval_images_per_s: float | None
+    feature_seconds: float | None  # None: no feature cache; 0.0: features reused from an earlier trial
+    train_flops_per_image: float | None  # None: measure on the full model
 
 
 @dataclass
@@ -82,7 +90,7 @@ class TrialRunner:
             family, argument = resolve(self.plugins.datasets, trial.dataset, self.plugins.failure_hint())
             start = time.perf_counter()
             splits = load_splits(family, argument, trial.data_options)
-            cache = str(splits.source.get("cache", "n/a"))
+            cache = str(splits.source.pop("cache", "n/a"))  # recorded apart: records must not differ by it
             splits = splits.to(self.device)
             self._data[key] = LoadedData(splits, time.perf_counter() - start, cache)
             return self._data[key]
@@ -93,16 +101,25 @@ class TrialRunner:
         """Everything that can be wrong with the input, found before anything runs or is written: names, data,
         and each strategy's plan against each backbone's groups."""
         hint = self.plugins.failure_hint()
+        needs_weights: dict[str, bool] = {}
+        for trial in trials:
+            strategy = self.plugins.strategies.get(trial.strategy, hint)
+            needs_weights[trial.backbone] = needs_weights.get(trial.backbone, False) or strategy.pretrained
         groups_of: dict[str, list[str]] = {}
         for trial in trials:
-            self.load_data(trial)
-            strategy = self.plugins.strategies.get(trial.strategy, hint)
+            data = self.load_data(trial)
             if trial.backbone not in groups_of:
+                # Built once for real, so missing weights (offline) are reported now, not by every trial later.
                 family, argument = resolve(self.plugins.backbones, trial.backbone, hint)
-                num_classes = len(self.load_data(trial).splits.classes)
-                with torch.device("meta"):
-                    groups_of[trial.backbone] = family.build(argument, num_classes, pretrained=False).group_names
-            strategy.plan(groups_of[trial.backbone], trial.hparams)
+                backbone = family.build(argument, len(data.splits.classes), pretrained=needs_weights[trial.backbone])
+                groups_of[trial.backbone] = backbone.group_names
+                del backbone
+            try:
+                self.plugins.strategies.get(trial.strategy, hint).plan(groups_of[trial.backbone], trial.hparams)
+            except UsageError:
+                raise
+            except Exception:  # a plugin bug, not bad input: that trial fails (and is recorded) when it runs
+                pass
 
     # ------------------------------------------------------------------------------------------------- a trial
     def run(self, trial: Trial) -> dict[str, Any]:
@@ -128,7 +145,9 @@ class TrialRunner:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        record.setdefault("metrics", {})["wall_s"] = time.perf_counter() - started
+        wall = time.perf_counter() - started
+        record.setdefault("metrics", {})["wall_s"] = wall
+        record["metrics"].setdefault("time_s", {})["total"] = wall
         self.store.write(record)
         return record
 
@@ -137,6 +156,8 @@ class TrialRunner:
         strategy = self.plugins.strategies.get(trial.strategy, hint)
         family, argument = resolve(self.plugins.backbones, trial.backbone, hint)
         protocol = trial.protocol
+        if protocol["deterministic"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(bool(protocol["deterministic"]), warn_only=True)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not protocol["deterministic"]
@@ -168,13 +189,13 @@ class TrialRunner:
                 else:
                     outcome = self._fit_end_to_end(trial, backbone, model, prep, splits, applied, generator,
                                                    advance)
-            example = prep.eval(splits.val_images[:1])
-            fwd_flops = forward_flops(model, example)
 
-        fit_result, test, eval_rate, feature_seconds, train_flops_per_image = outcome
+        fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))
+
+        fit_result, test, feature_seconds = outcome.fit, outcome.test, outcome.feature_seconds
+        train_flops_per_image = outcome.train_flops_per_image
         if train_flops_per_image is None:
-            example2 = prep.eval(splits.val_images[:2])
-            train_flops_per_image = train_step_flops(model, example2, num_classes) / 2
+            train_flops_per_image = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
         trained_images = fit_result.steps * protocol["batch_size"]
         return {
             "data": {"sizes": splits.sizes, "classes": splits.classes, "num_classes": num_classes,
@@ -189,7 +210,8 @@ class TrialRunner:
                 "val_top1": fit_result.best_val.top1, "val_top5": fit_result.best_val.top5,
                 "test_top1": test.top1, "test_top5": test.top5, "best_epoch": fit_result.best_epoch,
                 "epochs": protocol["epochs"], "steps": fit_result.steps,
-                "train_images_per_s": fit_result.train_images_per_s, "eval_images_per_s": eval_rate,
+                "train_images_per_s": fit_result.train_images_per_s,
+                "eval_images_per_s": outcome.eval_images_per_s,
                 "peak_memory_mib": memory.result.get("peak_mib"), "peak_memory": memory.result,
                 "time_s": {"data": data.seconds, "features": feature_seconds, "train": fit_result.train_seconds,
                            "eval": fit_result.val_seconds + test.seconds},
@@ -197,7 +219,7 @@ class TrialRunner:
                 "gflops_per_image": fwd_flops / 1e9,
                 "train_gflops_total": (train_flops_per_image * trained_images
                                        + (fwd_flops * sum(splits.sizes.values()) if feature_seconds else 0)) / 1e9,
-                "feature_cache": bool(feature_seconds is not None and feature_seconds >= 0 and outcome[3] is not None),
+                "feature_cache": feature_seconds is not None,
                 "history": fit_result.history,
             },
         }
@@ -228,8 +250,7 @@ class TrialRunner:
         test = evaluate(train_model, Split(splits.test_images, splits.test_labels, prep.train, prep.eval),
                         protocol["eval_batch_size"], self.device, autocast_context(self.device, protocol["amp"]),
                         len(splits.classes))
-        rate = test.images_per_s or result.best_val.images_per_s
-        return result, test, rate, None, None
+        return Outcome(result, test, test.images_per_s or result.best_val.images_per_s, None, None)
 
     def _fit_on_features(self, trial, backbone, prep, splits, applied, generator, advance):
         """Frozen backbone in eval mode and no augmentation: its features are a pure function of the image, so
@@ -242,24 +263,11 @@ class TrialRunner:
             autocast = autocast_context(self.device, protocol["amp"])
             backbone.model.eval()
             features, rate = {}, None
-            with Stopwatch(self.device) as watch, torch.no_grad():
+            with Stopwatch(self.device) as watch:
                 for split in ("train", "val", "test"):
-                    images = getattr(splits, f"{split}_images")
-                    chunks, timed, start = [], 0, None
-                    for index, lo in enumerate(range(0, len(images), protocol["eval_batch_size"])):
-                        if index == 1:
-                            torch.cuda.synchronize() if self.device.type == "cuda" else None
-                            start = time.perf_counter()
-                        with autocast():
-                            chunks.append(backbone.pre_logits(prep.eval(images[lo:lo + protocol["eval_batch_size"]]))
-                                          .float())
-                        if index >= 1:
-                            timed += len(chunks[-1])
-                    features[split] = torch.cat(chunks)
-                    if split == "test" and start is not None:
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize()
-                        rate = timed / (time.perf_counter() - start)
+                    features[split], rate = extract_features(backbone.pre_logits, getattr(splits, f"{split}_images"),
+                                                             prep.eval, protocol["eval_batch_size"], self.device,
+                                                             autocast)
             self._features[key] = {"features": features, "rate": rate}
             feature_seconds = watch.seconds
         cached = self._features[key]
@@ -277,4 +285,4 @@ class TrialRunner:
                         protocol["eval_batch_size"], self.device, autocast_context(self.device, protocol["amp"]),
                         len(splits.classes))
         head_flops = train_step_flops(head, features["val"][:2], len(splits.classes)) / 2
-        return result, test, cached["rate"], feature_seconds, head_flops
+        return Outcome(result, test, cached["rate"], feature_seconds, head_flops)

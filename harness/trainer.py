@@ -79,18 +79,39 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[i
     return factor
 
 
+class _BatchTimer:
+    """Throughput over batches after the first (warm-up); with a single batch, over that batch."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        synchronize(device)
+        self.start = time.perf_counter()
+        self.timed_start: float | None = None
+        self.timed_images = self.images = 0
+
+    def batch_done(self, index: int, images: int) -> None:
+        if index == 0:
+            synchronize(self.device)
+            self.timed_start = time.perf_counter()
+        else:
+            self.timed_images += images
+        self.images += images
+
+    def finish(self) -> tuple[float, float | None]:
+        synchronize(self.device)
+        end = time.perf_counter()
+        if self.timed_images and self.timed_start is not None and end > self.timed_start:
+            return end - self.start, self.timed_images / (end - self.timed_start)
+        return end - self.start, (self.images / (end - self.start) if end > self.start else None)
+
+
 @torch.no_grad()
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int, device: torch.device,
              autocast: Callable[[], contextlib.AbstractContextManager], num_classes: int) -> Evaluation:
     correct1 = torch.zeros((), device=device, dtype=torch.long)
     correct5 = torch.zeros((), device=device, dtype=torch.long)
-    timed_images, timed_start = 0, None
-    synchronize(device)
-    start = time.perf_counter()
+    timer = _BatchTimer(device)
     for index, lo in enumerate(range(0, len(split), batch_size)):
-        if index == 1:
-            synchronize(device)
-            timed_start = time.perf_counter()
         x = split.prepare_eval(split.inputs[lo:lo + batch_size])
         y = split.labels[lo:lo + batch_size]
         with autocast():
@@ -98,14 +119,25 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_
         topk = logits.topk(min(5, num_classes), dim=1).indices
         correct1 += (topk[:, 0] == y).sum()
         correct5 += (topk == y[:, None]).any(dim=1).sum()
-        if index >= 1:
-            timed_images += len(y)
-    synchronize(device)
-    end = time.perf_counter()
+        timer.batch_done(index, len(y))
+    seconds, rate = timer.finish()
     total = len(split)
-    rate = timed_images / (end - timed_start) if timed_start is not None and end > timed_start else None
     return Evaluation(top1=correct1.item() / total, top5=(correct5.item() / total) if num_classes > 5 else None,
-                      images=total, seconds=end - start, images_per_s=rate)
+                      images=total, seconds=seconds, images_per_s=rate)
+
+
+@torch.no_grad()
+def extract_features(pre_logits: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int, device: torch.device,
+                     autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, float | None]:
+    """Pooled features of every image (float32), and the images/s of that forward pass."""
+    chunks = []
+    timer = _BatchTimer(device)
+    for index, lo in enumerate(range(0, len(images), batch_size)):
+        with autocast():
+            chunks.append(pre_logits(prepare(images[lo:lo + batch_size])).float())
+        timer.batch_done(index, len(chunks[-1]))
+    return torch.cat(chunks), timer.finish()[1]
 
 
 def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[str, Any]],
@@ -177,7 +209,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         result = evaluate(eval_model, val, protocol["eval_batch_size"], device, autocast, num_classes)
         val_seconds += result.seconds
         history.append({"epoch": epoch, "train_loss": mean_loss, "val_top1": result.top1, "val_top5": result.top5,
-                        "lr": [g["lr"] for g in optimizer.param_groups][:1][0]})
+                        "lr": optimizer.param_groups[0]["lr"]})
         if result.top1 > best[0]:
             best = (result.top1, epoch)
             best_eval = result
