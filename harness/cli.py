@@ -41,25 +41,22 @@ class TlbenchGroup(click.Group):
         except UsageError as exc:  # one line, even when it quotes a multi-line message (e.g. pluggy's)
             raise BadInput(" ".join(part.strip() for part in str(exc).splitlines())) from None
 
-    def _ensure_plugin_commands(self) -> None:
-        if getattr(self, "_plugin_commands_added", False):
-            return
-        self._plugin_commands_added = True
+    @staticmethod
+    def _plugin_commands() -> dict[str, click.Command]:
+        """Commands plugins add, collected on a scratch group each time (the plugin set depends on the
+        environment, so nothing is cached on the module-level group)."""
+        scratch = click.Group()
         try:
-            _plugins().add_commands(self)
+            _plugins().add_commands(scratch)
         except UsageError:
             pass  # `tlbench plugins` shows what is broken
+        return scratch.commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._ensure_plugin_commands()
-        return super().list_commands(ctx)
+        return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        command = super().get_command(ctx, name)
-        if command is None:
-            self._ensure_plugin_commands()
-            command = super().get_command(ctx, name)
-        return command
+        return super().get_command(ctx, name) or self._plugin_commands().get(name)
 
 
 @click.group(cls=TlbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,12 +7,12 @@ a strategy's own hyper-parameters (plus protocol overrides the strategy declares
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from tlbench import PROTOCOL_VERSION
+from tlbench.digests import digest_of
 from tlbench.types import UsageError
 
 # The shared protocol: identical for every strategy unless the strategy overrides a key (recorded either way).
@@ -88,12 +88,12 @@ class Trial:
 
     @property
     def key(self) -> str:
-        return _digest(self.identity())
+        return digest_of(self.identity())[:20]
 
     @property
     def group(self) -> str:
         """Same for every seed of one configuration: the leaderboard aggregates over it."""
-        return _digest(self.identity(with_seed=False))
+        return digest_of(self.identity(with_seed=False))[:20]
 
     @property
     def label(self) -> str:
@@ -106,11 +106,6 @@ class Trial:
     def to_record(self) -> dict[str, Any]:
         return {**self.identity(), "key": self.key, "group": self.group, "label": self.label,
                 "overrides": dict(self.overrides)}
-
-
-def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:

@@ -22,7 +22,7 @@ from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
 from tlbench.trainer import Split, TrialDiverged, autocast_context, evaluate, extract_features, fit
-from tlbench.types import Backbone, ImageSplits, UsageError
+from tlbench.types import ImageSplits, UsageError
 
 
 def resolve(registry: Any, name: str, hint: str = "") -> tuple[Any, str | None]:

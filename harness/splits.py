@@ -6,12 +6,10 @@ the same way and a result can say exactly how its images were chosen.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import platformdirs
@@ -241,26 +239,3 @@ def decode_parallel(items: Sequence[T], decode: Callable[[T], np.ndarray], stora
     return stacked, failures
 
 
-# --------------------------------------------------------------------------------------------- fingerprints
-def digest_of(*parts: Any) -> str:
-    """sha256 of the canonical JSON of ``parts`` (options, file digests, versions)."""
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def files_fingerprint(paths: Iterable[Path], base: Path) -> str:
-    """sha256 of (path relative to ``base``, size, mtime_ns) of each file: cheap, and changes whenever a file is
-    added, removed, rewritten or touched."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(base).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -19,7 +19,8 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from torch import nn
 
 from tlbench import Backbone, UsageError, hookimpl
-from tlbench.plugins.timm_backbones import backbone_from_timm_model, file_sha256
+from tlbench.digests import file_sha256
+from tlbench.plugins.timm_backbones import backbone_from_timm_model
 
 VARIANTS = (0, 1, 2)
 

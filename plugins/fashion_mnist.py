@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from tlbench import ImageSplits, UsageError, hookimpl
-from tlbench.splits import (check_common_options, data_dir, digest_of, file_sha256, files_fingerprint, merged_options,
-                            stratified_split, to_storage)
+from tlbench.digests import digest_of, file_sha256, files_fingerprint
+from tlbench.splits import check_common_options, data_dir, merged_options, stratified_split, to_storage
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {  # our name -> official file name (torchvision keeps both the .gz and the extracted file)

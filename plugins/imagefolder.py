@@ -25,8 +25,9 @@ import torch
 from PIL import Image, ImageOps
 
 from tlbench import ImageSplits, UsageError, hookimpl
-from tlbench.splits import (DataWarning, check_common_options, decode_parallel, digest_of, files_fingerprint,
-                            fit_image, merged_options, require_choice, require_fraction, stratified_split)
+from tlbench.digests import digest_of, files_fingerprint
+from tlbench.splits import (DataWarning, check_common_options, decode_parallel, fit_image, merged_options,
+                            require_choice, require_fraction, stratified_split)
 
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 IGNORED_FILES = {"Thumbs.db", "desktop.ini"}

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import torch
 
 from tlbench import ImageSplits, hookimpl
-from tlbench.splits import check_common_options, digest_of, merged_options, require_int
+from tlbench.digests import digest_of
+from tlbench.splits import check_common_options, merged_options, require_int
 
 SPLIT_NAMES = ("train", "val", "test")
 

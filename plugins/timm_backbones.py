@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,7 @@ from timm.models._builder import _resolve_pretrained_source  # timm's own choice
 from torch import nn
 
 from tlbench import Backbone, Preprocessing, UsageError, hookimpl
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks: records say exactly which weights a result was measured with."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from tlbench.digests import file_sha256
 
 
 def one_line(exc: BaseException) -> str:

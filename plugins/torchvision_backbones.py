@@ -20,7 +20,8 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
 from tlbench import Backbone, Preprocessing, UsageError, hookimpl
-from tlbench.plugins.timm_backbones import file_sha256, one_line
+from tlbench.digests import file_sha256
+from tlbench.plugins.timm_backbones import one_line
 
 
 @dataclass

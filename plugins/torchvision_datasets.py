@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from tlbench import ImageSplits, UsageError, hookimpl
-from tlbench.splits import (check_common_options, data_dir, decode_parallel, digest_of, files_fingerprint,
-                            fit_image, merged_options, require_int, stratified_split, to_storage)
+from tlbench.digests import digest_of, files_fingerprint
+from tlbench.splits import (check_common_options, data_dir, decode_parallel, fit_image, merged_options, require_int,
+                            stratified_split, to_storage)
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -55,7 +55,8 @@ def test_every_registered_strategy_learns_and_records_everything(grid_run, strat
     assert 0 < m["params"]["trainable"] <= m["params"]["total"]
     assert record["trial"]["hparams"] and record["trial"]["protocol"]["epochs"] == 4
     assert record["data"]["sizes"] == {"train": 128, "val": 32, "test": 32}
-    assert record["backbone"]["preprocessing"]["mean"] and record["backbone"]["weights"].get("sha256")
+    assert record["backbone"]["preprocessing"]["mean"]
+    assert bool(record["backbone"]["weights"].get("sha256")) == record["backbone"]["pretrained"]
     env = record["environment"]
     assert env["torch"] and env["timm"] and env["tlbench"] and env["device_type"] == "cpu"
     assert record["schema"] == 1 and record["key"] == record["trial"]["key"]

@@ -57,7 +57,7 @@ def test_frozen_backbone_buffers_and_weights_bit_identical_after_training():
 
 def test_partial_unfreezes_last_stage_with_its_own_lr_and_keeps_the_rest_frozen():
     backbone = tiny_backbone()
-    plan = Partial().plan(GROUPS, {**Partial.defaults, "unfreeze": 1})
+    plan = Partial().plan(GROUPS, {**Partial.defaults, "unfreeze": 1, "batchnorm": "train"})
     assert plan.learning_rates == {"stage2": 1e-4, "head": 1e-3}
     applied = apply_plan(backbone, plan, weight_decay=0.01)
     stem_bn = bn_buffers(backbone.model.stem)
@@ -129,3 +129,11 @@ def test_invalid_strategy_settings_are_usage_errors():
         Full().validate({**Full.defaults, "batchnorm": "sometimes"})
     with pytest.raises(UsageError, match="does not have"):
         apply_plan(tiny_backbone(), TrainPlan({"stage9": 1e-3}), 0.0)
+
+
+def test_batchnorm_defaults_are_recorded_choices():
+    """Pretrained strategies keep pretrained BN statistics; scratch trains them (README, "Defaults and why")."""
+    assert Scratch.defaults["batchnorm"] == "train"
+    for strategy in (Partial, Full, DiscriminativeLR):
+        assert strategy.defaults["batchnorm"] == "frozen", strategy.name
+    assert Frozen().plan(GROUPS, Frozen.defaults).batchnorm == "frozen"

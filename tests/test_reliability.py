@@ -274,13 +274,14 @@ def test_failing_trials_are_recorded_and_isolated_and_retried_on_request(tmp_pat
     assert by_strategy["huge-lr"]["status"] == "diverged"
     assert "lower the learning rate" in by_strategy["huge-lr"]["error"]
     for name in ("boom", "oom", "huge-lr"):  # the summary lists every failure with its error
-        summary = [line for line in first.stderr.splitlines() if line.startswith(f"  failed: {name}[")]
+        status = by_strategy[name]["status"]
+        summary = [line for line in first.stderr.splitlines() if line.startswith(f"  {status}: {name}[")]
         assert len(summary) == 1 and by_strategy[name]["error"] in summary[0], first.stderr
     assert "2 ok, 3 failed, 0 skipped" in first.stderr
 
     board = CliRunner().invoke(cli, ["leaderboard", "--results-dir", str(results), "--format", "plain"])
     assert board.exit_code == 0, board.output
-    line_of = {name: next(l for l in board.stdout.splitlines() if f" {name}[" in l) for name in by_strategy}
+    line_of = {name: next(line for line in board.stdout.splitlines() if f" {name}[" in line) for name in by_strategy}
     assert "FAILED" in line_of["boom"] and "1 failed" in line_of["boom"]
     assert "FAILED" in line_of["oom"] and "1 failed" in line_of["oom"]
     assert "FAILED" in line_of["huge-lr"] and "1 diverged" in line_of["huge-lr"]
@@ -307,7 +308,8 @@ def test_failing_trials_are_recorded_and_isolated_and_retried_on_request(tmp_pat
     after = snapshot(results)
     for name in ("boom", "oom", "huge-lr"):
         assert after[f"{by_strategy[name]['key']}.json"][1] != before[f"{by_strategy[name]['key']}.json"][1]
-    statuses = {r["trial"]["strategy"]: r["status"] for r in map(json.loads, map(Path.read_text, results.glob("*.json")))}
+    records = map(json.loads, map(Path.read_text, results.glob("*.json")))
+    statuses = {r["trial"]["strategy"]: r["status"] for r in records}
     assert statuses == {"frozen": "ok", "full": "ok", "boom": "ok", "oom": "failed", "huge-lr": "diverged"}
 
 
