@@ -160,7 +160,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "git_commit": _git_commit(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
     }
 
 

@@ -21,7 +21,8 @@ from tlbench.plan import Trial
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
-from tlbench.trainer import Split, TrialDiverged, autocast_context, evaluate, extract_features, fit
+from tlbench.trainer import (Split, TrialDiverged, autocast_context, evaluate, extract_features, fit,
+                             resolve_amp)
 from tlbench.types import ImageSplits, UsageError
 
 
@@ -202,6 +203,13 @@ class TrialRunner:
                      "source": splits.source, "cache": data.cache, "augment": prep.augment},
             "backbone": {"name": backbone.name, "pretrained": backbone.pretrained, "weights": backbone.weights,
                          "preprocessing": prep.describe(), "groups": backbone.group_names},
+            "runtime": {  # what actually ran, after "auto" settings were resolved for this device
+                "device": str(self.device), "amp": resolve_amp(self.device, protocol["amp"]),
+                "channels_last": prep.channels_last, "compile": bool(protocol["compile"]),
+                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
+                "torch_threads": torch.get_num_threads(),
+            },
             "plan": {"learning_rates": dict(plan.learning_rates), "batchnorm": plan.batchnorm,
                      "trainable_groups": applied.trainable_groups,
                      "optimizer_groups": [{k: v for k, v in g.items() if k != "params"}

@@ -59,9 +59,15 @@ class FitResult:
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
 
-def autocast_context(device: torch.device, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
+def resolve_amp(device: torch.device, amp: str) -> str:
+    """"auto" is bf16 autocast on CUDA and full precision elsewhere."""
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
+        return "bf16" if device.type == "cuda" else "off"
+    return amp
+
+
+def autocast_context(device: torch.device, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
+    amp = resolve_amp(device, amp)
     if amp == "off":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -149,7 +155,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
     recalibration), score the validation split, and keep the weights of the best epoch (earliest on ties)."""
     epochs, batch_size = protocol["epochs"], protocol["batch_size"]
     autocast = autocast_context(device, protocol["amp"])
-    scaler = torch.amp.GradScaler(device.type) if protocol["amp"] == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if resolve_amp(device, protocol["amp"]) == "fp16" else None
     optimizer = torch.optim.AdamW(optimizer_groups, lr=optimizer_groups[0]["lr"])
     # Full batches only (as timm's loaders do): a last batch of one image breaks BatchNorm in train mode.
     steps_per_epoch = max(1, len(train) // batch_size)

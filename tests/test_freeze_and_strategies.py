@@ -137,3 +137,27 @@ def test_batchnorm_defaults_are_recorded_choices():
     for strategy in (Partial, Full, DiscriminativeLR):
         assert strategy.defaults["batchnorm"] == "frozen", strategy.name
     assert Frozen().plan(GROUPS, Frozen.defaults).batchnorm == "frozen"
+
+
+def test_frozen_timm_backbone_stays_bit_identical_through_the_real_training_loop(tiny_weights):
+    """timm's BatchNormAct2d layers, the harness's own loop (which calls .train() every epoch), no feature cache."""
+    from tlbench.plan import PROTOCOL_DEFAULTS
+    from tlbench.plugins.timm_backbones import TimmBackbones
+    from tlbench.trainer import Split, fit
+
+    torch.manual_seed(0)
+    backbone = TimmBackbones().build(f"test_efficientnet@{tiny_weights}", 3, pretrained=True)
+    applied = apply_plan(backbone, Frozen().plan(backbone.group_names, Frozen.defaults), weight_decay=0.01)
+    frozen_state = {k: v.clone() for k, v in backbone.model.state_dict().items()
+                    if not k.startswith("classifier.")}
+    assert any("running_mean" in k for k in frozen_state)
+    head_before = backbone.head.weight.clone()
+    images, labels = torch.randn(24, 3, 32, 32), torch.arange(24) % 3
+    split = Split(images, labels, lambda x, g: x, lambda x: x)
+    protocol = {**PROTOCOL_DEFAULTS, "epochs": 2, "batch_size": 8}
+    fit(backbone.model, split, split, applied.optimizer_groups, protocol, device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0), num_classes=3)
+    after = backbone.model.state_dict()
+    for key, value in frozen_state.items():
+        assert torch.equal(after[key], value), key
+    assert not torch.equal(backbone.head.weight, head_before)
