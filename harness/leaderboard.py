@@ -110,7 +110,10 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
         return f"{mean:.3f}"
     if kind == "bool":
         return "yes" if mean else "no"
-    return f"{mean:,.0f}" if abs(mean) >= 100 else f"{mean:.1f}"
+    text = f"{mean:,.0f}" if abs(mean) >= 100 else f"{mean:.1f}"
+    if column == "train_ips" and all(_get(r, "metrics.feature_cache") for r in ok):
+        text += " (head)"  # trained on cached features: not comparable with end-to-end rows
+    return text
 
 
 def leaderboard_rows(records: Iterable[dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS,

@@ -19,7 +19,7 @@ from tlbench.types import UsageError
 PROTOCOL_DEFAULTS: dict[str, Any] = {
     "epochs": 8,
     "batch_size": 32,
-    "eval_batch_size": 256,
+    "eval_batch_size": "auto",  # "auto" = 256 on CUDA, 32 on CPU (large CPU batches are 2-3x slower per image)
     "optimizer": "adamw",
     "weight_decay": 0.01,  # AdamW's default; never applied to norm and bias parameters
     "schedule": "cosine",  # "cosine" or "constant", per step, after warm-up
@@ -108,6 +108,12 @@ class Trial:
                 "overrides": dict(self.overrides)}
 
 
+def _keep_type(value: Any, default: Any) -> Any:
+    """``--set data.augment=none`` means the string "none" where the setting is a string (parse_value reads the
+    bare word as None, which is right for settings like ``image_size=none``)."""
+    return "none" if value is None and isinstance(default, str) else value
+
+
 def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
     def need_int(key: str, minimum: int) -> None:
         value = protocol[key]
@@ -117,7 +123,8 @@ def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
 
     need_int("epochs", 1)
     need_int("batch_size", 1)
-    need_int("eval_batch_size", 1)
+    if protocol["eval_batch_size"] != "auto":
+        need_int("eval_batch_size", 1)
     need_int("recalibrate_images", 1)
     for key in ("weight_decay", "warmup_epochs", "label_smoothing"):
         value = protocol[key]
@@ -148,7 +155,7 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
     protocol_base = dict(PROTOCOL_DEFAULTS)
     for key, value in overrides.items():
         if "." not in key and key in PROTOCOL_DEFAULTS:
-            protocol_base[key] = value
+            protocol_base[key] = _keep_type(value, PROTOCOL_DEFAULTS[key])
             used.add(key)
 
     resolved_strategies = []
@@ -163,10 +170,10 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                 continue
             if sub in hparams:
                 default = strategy.defaults[sub]
-                hparams[sub] = value
+                hparams[sub] = value = _keep_type(value, default)
             elif sub in PROTOCOL_DEFAULTS:
                 default = {**PROTOCOL_DEFAULTS, **dict(strategy.protocol)}[sub]
-                protocol[sub] = value
+                protocol[sub] = value = _keep_type(value, default)
             else:
                 raise UsageError(f"unknown setting {key!r}: {name} has "
                                  f"{', '.join(sorted(hparams) + sorted(PROTOCOL_DEFAULTS))}"
@@ -192,7 +199,7 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                 raise UsageError(f"unknown setting {key!r}: dataset {name.split(':')[0]} has "
                                  f"{', '.join('data.' + k for k in sorted(options))}"
                                  f"{_did_you_mean(sub, options)}")
-            options[sub] = value
+            options[sub] = _keep_type(value, options[sub])
             used.add(key)
         resolved_datasets.append((name, options))
 

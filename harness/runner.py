@@ -22,7 +22,7 @@ from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
 from tlbench.trainer import (Split, TrialDiverged, autocast_context, evaluate, extract_features, fit,
-                             resolve_amp)
+                             resolve_amp, resolve_eval_batch_size)
 from tlbench.types import ImageSplits, UsageError
 
 
@@ -60,7 +60,8 @@ class Outcome:
 class LoadedData:
     splits: ImageSplits  # on the run's device
     seconds: float
-    cache: str
+    cache: str  # "hit" / "miss" (disk cache) for the first trial that uses it, then "shared in run"
+    reported: bool = False
 
 
 def _topology_line(trial: Trial) -> str:
@@ -86,6 +87,8 @@ class TrialRunner:
         return json.dumps([trial.dataset, dict(trial.data_options)], sort_keys=True, default=str)
 
     def load_data(self, trial: Trial) -> LoadedData:
+        """Decoded splits on the device, loaded once per run. The first trial to use them reports how long that
+        took and whether the disk cache hit, even when the pre-run check did the loading."""
         key = self.data_key(trial)
         if key not in self._data:
             family, argument = resolve(self.plugins.datasets, trial.dataset, self.plugins.failure_hint())
@@ -94,9 +97,20 @@ class TrialRunner:
             cache = str(splits.source.pop("cache", "n/a"))  # recorded apart: records must not differ by it
             splits = splits.to(self.device)
             self._data[key] = LoadedData(splits, time.perf_counter() - start, cache)
-            return self._data[key]
-        shared = self._data[key]
-        return LoadedData(shared.splits, 0.0, "shared in run")
+        return self._data[key]
+
+    def _data_for_trial(self, trial: Trial) -> LoadedData:
+        loaded = self.load_data(trial)
+        if loaded.reported:
+            return LoadedData(loaded.splits, 0.0, "shared in run", True)
+        loaded.reported = True
+        return loaded
+
+    def resolved_protocol(self, trial: Trial) -> dict[str, Any]:
+        """The trial's protocol with device-dependent "auto" values made concrete (and recorded as such)."""
+        protocol = dict(trial.protocol)
+        protocol["eval_batch_size"] = resolve_eval_batch_size(self.device, protocol["eval_batch_size"])
+        return protocol
 
     def check(self, trials: list[Trial]) -> None:
         """Everything that can be wrong with the input, found before anything runs or is written: names, data,
@@ -156,7 +170,7 @@ class TrialRunner:
         hint = self.plugins.failure_hint()
         strategy = self.plugins.strategies.get(trial.strategy, hint)
         family, argument = resolve(self.plugins.backbones, trial.backbone, hint)
-        protocol = trial.protocol
+        protocol = self.resolved_protocol(trial)
         if protocol["deterministic"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(bool(protocol["deterministic"]), warn_only=True)
@@ -164,7 +178,7 @@ class TrialRunner:
             torch.backends.cudnn.benchmark = not protocol["deterministic"]
 
         with PeakMemory(self.device) as memory:
-            data = self.load_data(trial)
+            data = self._data_for_trial(trial)
             splits = data.splits
             num_classes = len(splits.classes)
             torch.manual_seed(trial.seed)
@@ -172,6 +186,8 @@ class TrialRunner:
             backbone = family.build(argument, num_classes, pretrained=strategy.pretrained)
             plan = strategy.plan(backbone.group_names, trial.hparams)
             applied = apply_plan(backbone, plan, protocol["weight_decay"])
+            planned_groups = [{k: v for k, v in g.items() if k != "params"} | {"parameters": sum(
+                p.numel() for p in g["params"])} for g in applied.optimizer_groups]  # before the optimizer edits them
             image_size = protocol["image_size"] or trial.data_options.get("image_size")
             channels_last = (protocol["channels_last"] if protocol["channels_last"] != "auto"
                              else self.device.type == "cuda")
@@ -186,10 +202,10 @@ class TrialRunner:
             with bar as progress_bar:
                 advance = progress_bar.update if progress_bar is not None else (lambda n: None)
                 if use_cache:
-                    outcome = self._fit_on_features(trial, backbone, prep, splits, applied, generator, advance)
+                    outcome = self._fit_on_features(trial, protocol, backbone, prep, splits, applied, generator,
+                                                    advance)
                 else:
-                    outcome = self._fit_end_to_end(trial, backbone, model, prep, splits, applied, generator,
-                                                   advance)
+                    outcome = self._fit_end_to_end(protocol, model, prep, splits, applied, generator, advance)
 
         fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))
 
@@ -204,7 +220,8 @@ class TrialRunner:
             "backbone": {"name": backbone.name, "pretrained": backbone.pretrained, "weights": backbone.weights,
                          "preprocessing": prep.describe(), "groups": backbone.group_names},
             "runtime": {  # what actually ran, after "auto" settings were resolved for this device
-                "device": str(self.device), "amp": resolve_amp(self.device, protocol["amp"]),
+                "device": str(self.device), "eval_batch_size": protocol["eval_batch_size"],
+                "amp": resolve_amp(self.device, protocol["amp"]),
                 "channels_last": prep.channels_last, "compile": bool(protocol["compile"]),
                 "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
@@ -212,8 +229,7 @@ class TrialRunner:
             },
             "plan": {"learning_rates": dict(plan.learning_rates), "batchnorm": plan.batchnorm,
                      "trainable_groups": applied.trainable_groups,
-                     "optimizer_groups": [{k: v for k, v in g.items() if k != "params"}
-                                          for g in applied.optimizer_groups]},
+                     "optimizer_groups": planned_groups},
             "metrics": {
                 "val_top1": fit_result.best_val.top1, "val_top5": fit_result.best_val.top5,
                 "test_top1": test.top1, "test_top5": test.top5, "best_epoch": fit_result.best_epoch,
@@ -232,8 +248,7 @@ class TrialRunner:
             },
         }
 
-    def _fit_end_to_end(self, trial, backbone, model, prep, splits, applied, generator, advance):
-        protocol = trial.protocol
+    def _fit_end_to_end(self, protocol, model, prep, splits, applied, generator, advance):
         train_model = torch.compile(model) if protocol["compile"] else model
         train = Split(splits.train_images, splits.train_labels, prep.train, prep.eval)
         val = Split(splits.val_images, splits.val_labels, prep.train, prep.eval)
@@ -260,10 +275,9 @@ class TrialRunner:
                         len(splits.classes))
         return Outcome(result, test, test.images_per_s or result.best_val.images_per_s, None, None)
 
-    def _fit_on_features(self, trial, backbone, prep, splits, applied, generator, advance):
+    def _fit_on_features(self, trial, protocol, backbone, prep, splits, applied, generator, advance):
         """Frozen backbone in eval mode and no augmentation: its features are a pure function of the image, so
         they are computed once per (backbone weights, data, preprocessing) and the head trains on them."""
-        protocol = trial.protocol
         key = json.dumps([backbone.name, backbone.weights, backbone.pretrained or trial.seed,
                           self.data_key(trial), prep.describe(), protocol["amp"]], sort_keys=True, default=str)
         feature_seconds = 0.0
@@ -284,8 +298,7 @@ class TrialRunner:
         identity = lambda x: x  # noqa: E731 - the features are already the model's input to the head
         train = Split(features["train"], splits.train_labels, lambda x, g: x, identity)
         val = Split(features["val"], splits.val_labels, lambda x, g: x, identity)
-        protocol_for_head = dict(protocol)
-        result = fit(head, train, val, applied.optimizer_groups, protocol_for_head, device=self.device,
+        result = fit(head, train, val, applied.optimizer_groups, protocol, device=self.device,
                      generator=generator, num_classes=len(splits.classes), progress=advance)
         head.load_state_dict(result.best_state)
         head.eval()

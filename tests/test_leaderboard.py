@@ -57,3 +57,12 @@ def test_csv_and_unknown_inputs():
 
 def test_t_quantiles():
     assert t95(1) == 12.706 and t95(2) == 4.303 and t95(100) == 1.96
+
+
+def test_cached_feature_throughput_is_marked_as_head_only():
+    cached = record("frozen", 0, 0.7)
+    cached["metrics"]["feature_cache"] = True
+    text = render([cached, record("full", 0, 0.8)], "plain")
+    frozen_line = next(line for line in text.splitlines() if "frozen" in line)
+    full_line = next(line for line in text.splitlines() if " full " in line)
+    assert "100 (head)" in frozen_line and "(head)" not in full_line

@@ -70,3 +70,8 @@ def test_trial_record_carries_everything_needed_to_rerun():
     assert rec["key"] == trial.key and rec["protocol"] == dict(PROTOCOL_DEFAULTS)
     assert rec["hparams"] == Partial.defaults and rec["data"] == DATA.defaults and rec["seed"] == 0
     assert Trial(**{k: getattr(trial, k) for k in trial.__dataclass_fields__}).key == trial.key
+
+
+def test_string_settings_keep_the_word_none():
+    trial = grid(parse_overrides(["data.augment=none", "image_size=none"]))[0]
+    assert trial.data_options["augment"] == "none" and trial.protocol["image_size"] is None
