@@ -24,10 +24,13 @@ import pytest
 import torch
 from torch import nn
 
+from tlbench.plan import PROTOCOL_DEFAULTS
+from tlbench.trainer import resolve_eval_batch_size
+
 SEED = 0
 IMAGE_SIZE = 64  # network input side used by every benchmark (fashion-mnist's recommended size)
 BATCH_SIZE = 32  # tlbench's protocol default
-EVAL_BATCH_SIZE = 256  # tlbench's protocol default
+EVAL_BATCH_SIZE = resolve_eval_batch_size(torch.device("cpu"), PROTOCOL_DEFAULTS["eval_batch_size"])  # as tlbench
 WEIGHT_DECAY = 0.01  # tlbench's protocol default (never on norm/bias)
 WARMUP_EPOCHS = 1.0  # tlbench's protocol default
 

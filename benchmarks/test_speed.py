@@ -18,11 +18,14 @@ import pytest
 import torch
 from torch import nn
 
+from tlbench.plan import PROTOCOL_DEFAULTS
+from tlbench.trainer import resolve_eval_batch_size
+
 CPU = torch.device("cpu")
 SEED = 0
 IMAGE_SIZE = 64  # network input side (fashion-mnist's recommended size in tlbench)
 BATCH_SIZE = 32  # tlbench's protocol defaults, used on both sides
-EVAL_BATCH_SIZE = 256
+EVAL_BATCH_SIZE = resolve_eval_batch_size(torch.device("cpu"), PROTOCOL_DEFAULTS["eval_batch_size"])  # as tlbench
 NUM_CLASSES = 10
 
 

@@ -87,10 +87,11 @@ class PeakMemory:
             if hwm is not None:
                 growth = max(0, hwm - self._rss_start) / 1024
                 how = "VmHWM after clear_refs"
+                self.result["peak_rss_mib"] = hwm / 1024  # the whole process, shared data included
             else:
                 growth = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._maxrss_start) / 1024
                 how = "ru_maxrss growth (a lower bound)"
-            self.result = {"kind": "cpu-rss", "peak_mib": growth, "how": how}
+            self.result.update({"kind": "cpu-rss", "peak_mib": growth, "how": how})
 
 
 def forward_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
