@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -162,9 +162,3 @@ def environment(device: torch.device) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    with Stopwatch(device) as watch:
-        result = fn()
-    return result, watch.seconds

@@ -104,7 +104,7 @@ def _protocol_check(kind: str, protocol: type, members: tuple[str, ...]) -> Call
 class Plugins:
     """Loads built-in and third-party plugins and collects what they register."""
 
-    def __init__(self, load_third_party: bool | None = None, extra_plugins: tuple[Any, ...] = ()):
+    def __init__(self, load_third_party: bool | None = None):
         if load_third_party is None:
             load_third_party = os.environ.get(DISABLE_ENV, "").strip().lower() not in ("1", "true", "yes")
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
@@ -121,8 +121,6 @@ class Plugins:
 
         for module_name in DEFAULT_PLUGINS:
             self._add(importlib.import_module(module_name), module_name.rsplit(".", 1)[-1], __version__, True)
-        for plugin in extra_plugins:
-            self._add(plugin, getattr(plugin, "__name__", repr(plugin)), "", False)
         if load_third_party:
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 version = ep.dist.version if ep.dist else ""
