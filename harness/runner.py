@@ -64,7 +64,7 @@ class LoadedData:
     reported: bool = False
 
 
-def _topology_line(trial: Trial) -> str:
+def _trial_label(trial: Trial) -> str:
     return f"{trial.dataset} / {trial.backbone} / {trial.label} / seed {trial.seed}"
 
 
@@ -198,7 +198,7 @@ class TrialRunner:
                 model = model.to(memory_format=torch.channels_last)
             use_cache = (bool(protocol["feature_cache"]) and applied.head_only and prep.augment == "none")
             total_steps = protocol["epochs"] * max(1, len(splits.train_labels) // protocol["batch_size"])
-            bar = self.progress(_topology_line(trial), total_steps) if self.progress else nullcontext(None)
+            bar = self.progress(_trial_label(trial), total_steps) if self.progress else nullcontext(None)
             with bar as progress_bar:
                 advance = progress_bar.update if progress_bar is not None else (lambda n: None)
                 if use_cache:
