@@ -162,10 +162,14 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     command = "tlbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     runner = TrialRunner(plugins, store, pick_device(device), _progress_factory(quiet), command)
 
+    def already_done(existing: dict[str, Any] | None) -> bool:
+        """A record exists and this run is not asked to redo it (--force: all; --retry-failed: failed ones)."""
+        return existing is not None and not force and (existing.get("status") == "ok" or not retry_failed)
+
     pending, skipped, failed_before = [], 0, []
     for trial in trials:
         existing = store.read(trial.key)
-        if existing is not None and not force and (existing.get("status") == "ok" or not retry_failed):
+        if already_done(existing):
             skipped += 1
             if existing.get("status") != "ok":
                 failed_before.append(existing)
@@ -187,7 +191,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
             return None
         try:
             existing = store.read(trial.key)  # another process may have finished it while we waited
-            if existing is not None and not force and (existing.get("status") == "ok" or not retry_failed):
+            if already_done(existing):
                 return existing
             record = runner.run(trial)
         finally:

@@ -188,7 +188,6 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
         resolved_strategies.append((name, protocol, hparams, changed))
 
     resolved_datasets = []
-    family_defaults = {name: dict(family.defaults) for name, family in datasets}
     for name, family in datasets:
         options = dict(family.defaults)
         for key, value in overrides.items():
@@ -201,7 +200,8 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                                  f"{_did_you_mean(sub, options)}")
             options[sub] = _keep_type(value, options[sub])
             used.add(key)
-        resolved_datasets.append((name, options))
+        data_changed = {f"data.{k}": v for k, v in options.items() if v != family.defaults[k]}
+        resolved_datasets.append((name, options, data_changed))
 
     for key in overrides:
         if key in used:
@@ -218,12 +218,9 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                              f"{', '.join(sorted(PROTOCOL_DEFAULTS))}")
 
     trials = []
-    for dataset_name, data_options in resolved_datasets:
+    for dataset_name, data_options, data_changed in resolved_datasets:
         for backbone in backbones:
             for name, protocol, hparams, changed in resolved_strategies:
-                data_changed = {f"data.{k.partition('.')[2]}": v for k, v in overrides.items()
-                                if k.startswith("data.") and v != family_defaults[dataset_name].get(
-                                    k.partition('.')[2])}
                 for seed in seeds:
                     trials.append(Trial(dataset_name, backbone, name, seed, protocol, hparams, data_options,
                                         {**changed, **data_changed}))
