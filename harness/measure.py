@@ -110,7 +110,9 @@ def train_step_flops(model: torch.nn.Module, example: torch.Tensor, num_classes:
     """FLOPs of one forward + backward on ``example``, counted on a copy so the real model is untouched."""
     clone = copy.deepcopy(model)
     clone.train()
-    with FlopCounterMode(display=False) as counter:
+    # Dropout in the copy draws from the global generator: fork it, so counting FLOPs never changes training.
+    with torch.random.fork_rng(devices=[example.device] if example.device.type == "cuda" else []), \
+            FlopCounterMode(display=False) as counter:
         logits = clone(example)
         loss = torch.nn.functional.cross_entropy(logits.float(), torch.zeros(len(example), dtype=torch.long,
                                                                                 device=example.device))

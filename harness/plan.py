@@ -7,6 +7,7 @@ a strategy's own hyper-parameters (plus protocol overrides the strategy declares
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -143,6 +144,16 @@ def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
         raise UsageError(f"{where}image_size must be an integer >= 8 or none, got {size!r}")
 
 
+def validate_strategy(strategy: Any, hparams: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
+    """``validate(hparams, protocol)``; plugins written for 0.1 define ``validate(hparams)`` and still work."""
+    try:
+        inspect.signature(strategy.validate).bind(hparams, protocol)
+    except TypeError:
+        strategy.validate(hparams)
+        return
+    strategy.validate(hparams, protocol)
+
+
 def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str],
                  strategies: Sequence[tuple[str, Any]], seeds: Sequence[int],
                  overrides: Mapping[str, Any], registered_strategies: Iterable[str] = ()) -> list[Trial]:
@@ -184,7 +195,7 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                 changed.pop(sub, None)
             used.add(key)
         validate_protocol(protocol, f"{name}." if any(k.startswith(name + ".") for k in used) else "")
-        strategy.validate(hparams)
+        validate_strategy(strategy, hparams, protocol)
         resolved_strategies.append((name, protocol, hparams, changed))
 
     resolved_datasets = []

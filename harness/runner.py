@@ -3,6 +3,8 @@ the backbone, the strategy's plan, the trainer, the test split scored once at th
 measurements. A trial that fails becomes a failed record; it never stops the grid."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -15,14 +17,14 @@ from typing import Any, Callable
 import torch
 
 from tlbench.data_cache import load_splits
-from tlbench.freeze import apply_plan, recalibrate_batchnorm
-from tlbench.measure import PeakMemory, Stopwatch, environment, forward_flops, train_step_flops
+from tlbench.freeze import check_phases, describe
+from tlbench.measure import PeakMemory, Stopwatch, environment, forward_flops
+from tlbench.phases import CachedFeatures, apply_surgery, run_plan
 from tlbench.plan import Trial
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
-from tlbench.trainer import (Split, TrialDiverged, autocast_context, evaluate, extract_features, fit,
-                             resolve_amp, resolve_eval_batch_size)
+from tlbench.trainer import TrialDiverged, autocast_context, extract_features, resolve_amp, resolve_eval_batch_size
 from tlbench.types import ImageSplits, UsageError
 
 
@@ -48,15 +50,6 @@ def pick_device(requested: str | None) -> torch.device:
 
 
 @dataclass
-class Outcome:
-    fit: Any  # trainer.FitResult
-    test: Any  # trainer.Evaluation, scored once at the best validation epoch
-    eval_images_per_s: float | None
-    feature_seconds: float | None  # None: no feature cache; 0.0: features reused from an earlier trial
-    train_flops_per_image: float | None  # None: measure on the full model
-
-
-@dataclass
 class LoadedData:
     splits: ImageSplits  # on the run's device
     seconds: float
@@ -79,7 +72,7 @@ class TrialRunner:
         self.progress = progress
         self.command = command
         self._data: dict[str, LoadedData] = {}
-        self._features: dict[str, dict[str, Any]] = {}
+        self._features_cache: dict[str, CachedFeatures] = {}
         self._environment = environment(device)
 
     # ------------------------------------------------------------------------------------------ shared inputs
@@ -120,17 +113,25 @@ class TrialRunner:
         for trial in trials:
             strategy = self.plugins.strategies.get(trial.strategy, hint)
             needs_weights[trial.backbone] = needs_weights.get(trial.backbone, False) or strategy.pretrained
-        groups_of: dict[str, list[str]] = {}
+        built: dict[str, Any] = {}
+        checked: set[str] = set()
         for trial in trials:
             data = self.load_data(trial)
-            if trial.backbone not in groups_of:
+            if trial.backbone not in built:
                 # Built once for real, so missing weights (offline) are reported now, not by every trial later.
                 family, argument = resolve(self.plugins.backbones, trial.backbone, hint)
-                backbone = family.build(argument, len(data.splits.classes), pretrained=needs_weights[trial.backbone])
-                groups_of[trial.backbone] = backbone.group_names
-                del backbone
+                built[trial.backbone] = family.build(argument, len(data.splits.classes),
+                                                     pretrained=needs_weights[trial.backbone])
+            if trial.group in checked:  # seeds of one configuration share their plan
+                continue
+            checked.add(trial.group)
+            strategy = self.plugins.strategies.get(trial.strategy, hint)
+            backbone = built[trial.backbone]
             try:
-                self.plugins.strategies.get(trial.strategy, hint).plan(groups_of[trial.backbone], trial.hparams)
+                plan = strategy.plan(backbone.group_names, trial.hparams)
+                check_phases(plan.all_phases(), backbone.group_names, trial.protocol["epochs"], strategy.name)
+                if plan.surgery is not None:  # on a copy: e.g. adapters that find no module to wrap
+                    apply_surgery(dataclasses.replace(backbone, model=copy.deepcopy(backbone.model)), plan)
             except UsageError:
                 raise
             except Exception:  # a plugin bug, not bad input: that trial fails (and is recorded) when it runs
@@ -185,9 +186,8 @@ class TrialRunner:
             generator = torch.Generator().manual_seed(trial.seed)
             backbone = family.build(argument, num_classes, pretrained=strategy.pretrained)
             plan = strategy.plan(backbone.group_names, trial.hparams)
-            applied = apply_plan(backbone, plan, protocol["weight_decay"])
-            planned_groups = [{k: v for k, v in g.items() if k != "params"} | {"parameters": sum(
-                p.numel() for p in g["params"])} for g in applied.optimizer_groups]  # before the optimizer edits them
+            check_phases(plan.all_phases(), backbone.group_names, protocol["epochs"], strategy.name)
+            group_of, surgery = apply_surgery(backbone, plan)
             image_size = protocol["image_size"] or trial.data_options.get("image_size")
             channels_last = (protocol["channels_last"] if protocol["channels_last"] != "auto"
                              else self.device.type == "cuda")
@@ -196,24 +196,22 @@ class TrialRunner:
             model = backbone.model.to(self.device)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            use_cache = (bool(protocol["feature_cache"]) and applied.head_only and prep.augment == "none")
-            total_steps = protocol["epochs"] * max(1, len(splits.train_labels) // protocol["batch_size"])
+            train_model = torch.compile(model) if protocol["compile"] else model
+            steps_per_epoch = max(1, len(splits.train_labels) // protocol["batch_size"])
+            total_steps = steps_per_epoch * sum(p.resolved_epochs(protocol["epochs"]) for p in plan.all_phases())
             bar = self.progress(_trial_label(trial), total_steps) if self.progress else nullcontext(None)
             with bar as progress_bar:
-                advance = progress_bar.update if progress_bar is not None else (lambda n: None)
-                if use_cache:
-                    outcome = self._fit_on_features(trial, protocol, backbone, prep, splits, applied, generator,
-                                                    advance)
-                else:
-                    outcome = self._fit_end_to_end(protocol, model, prep, splits, applied, generator, advance)
+                outcome = run_plan(
+                    plan, backbone, group_of, surgery, model, train_model, prep, splits, protocol,
+                    device=self.device, generator=generator,
+                    features=lambda: self._features(trial, protocol, backbone, prep, splits, surgery is not None),
+                    progress=progress_bar.update if progress_bar is not None else (lambda n: None))
 
         fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))
-
-        fit_result, test, feature_seconds = outcome.fit, outcome.test, outcome.feature_seconds
-        train_flops_per_image = outcome.train_flops_per_image
-        if train_flops_per_image is None:
-            train_flops_per_image = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
-        trained_images = fit_result.steps * protocol["batch_size"]
+        train_flops = sum(p.flops_per_image * p.fit.steps * protocol["batch_size"] for p in outcome.phases)
+        if outcome.feature_seconds:  # this trial ran the backbone over every split once
+            train_flops += fwd_flops * sum(splits.sizes.values())
+        last = outcome.phases[-1]
         return {
             "data": {"sizes": splits.sizes, "classes": splits.classes, "num_classes": num_classes,
                      "source": splits.source, "cache": data.cache, "augment": prep.augment},
@@ -227,83 +225,54 @@ class TrialRunner:
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
                 "torch_threads": torch.get_num_threads(),
             },
-            "plan": {"learning_rates": dict(plan.learning_rates), "batchnorm": plan.batchnorm,
-                     "trainable_groups": applied.trainable_groups,
-                     "optimizer_groups": planned_groups},
+            "plan": {  # the last phase at the top (one-phase plans: the plan), every phase under "phases"
+                "learning_rates": last.record["learning_rates"], "batchnorm": last.record["batchnorm"],
+                "trainable_groups": last.record["trainable_groups"],
+                "optimizer_groups": last.record["optimizer_groups"],
+                "phases": [p.record for p in outcome.phases],
+                "selection": "best validation top-1 epoch over selectable phases, earliest on ties",
+                "surgery": outcome.surgery, "surgery_fn": describe(plan.surgery),
+                "loss_term": describe(plan.loss_term),
+                "after_training": outcome.after_training, "after_training_fn": describe(plan.after_training),
+                "strategy_record": dict(plan.record),
+            },
             "metrics": {
-                "val_top1": fit_result.best_val.top1, "val_top5": fit_result.best_val.top5,
-                "test_top1": test.top1, "test_top5": test.top5, "best_epoch": fit_result.best_epoch,
-                "epochs": protocol["epochs"], "steps": fit_result.steps,
-                "train_images_per_s": fit_result.train_images_per_s,
+                "val_top1": outcome.val.top1, "val_top5": outcome.val.top5,
+                "best_epoch_val_top1": outcome.best.top1,
+                "test_top1": outcome.test.top1, "test_top5": outcome.test.top5, "best_epoch": outcome.best.epoch,
+                "epochs": sum(p.record["epochs"] for p in outcome.phases), "steps": outcome.steps,
+                "train_images_per_s": outcome.train_images_per_s,
                 "eval_images_per_s": outcome.eval_images_per_s,
                 "peak_memory_mib": memory.result.get("peak_mib"), "peak_memory": memory.result,
-                "time_s": {"data": data.seconds, "features": feature_seconds, "train": fit_result.train_seconds,
-                           "eval": fit_result.val_seconds + test.seconds},
-                "params": {"trainable": applied.trainable_params, "total": applied.total_params},
+                "time_s": {"data": data.seconds, "features": outcome.feature_seconds,
+                           "train": outcome.train_seconds, "eval": outcome.val_seconds + outcome.test.seconds},
+                "params": {"trainable": outcome.trainable_params, "total": outcome.total_params},
                 "gflops_per_image": fwd_flops / 1e9,
-                "train_gflops_total": (train_flops_per_image * trained_images
-                                       + (fwd_flops * sum(splits.sizes.values()) if feature_seconds else 0)) / 1e9,
-                "feature_cache": feature_seconds is not None,
-                "history": fit_result.history,
+                "train_gflops_total": train_flops / 1e9,
+                "feature_cache": outcome.feature_seconds is not None,
+                "history": outcome.history,
             },
         }
 
-    def _fit_end_to_end(self, protocol, model, prep, splits, applied, generator, advance):
-        train_model = torch.compile(model) if protocol["compile"] else model
-        train = Split(splits.train_images, splits.train_labels, prep.train, prep.eval)
-        val = Split(splits.val_images, splits.val_labels, prep.train, prep.eval)
-        recal_count = min(len(train), protocol["recalibrate_images"])
-
-        def before_eval() -> None:
-            if not applied.recalibrate:
-                return
-            for layer in applied.recalibrate:
-                layer.train()
-            batches = (prep.eval(splits.train_images[lo:lo + protocol["batch_size"]])
-                       for lo in range(0, recal_count, protocol["batch_size"]))
-            recalibrate_batchnorm(applied.recalibrate, train_model, batches)
-            for layer in applied.recalibrate:
-                layer.eval()
-
-        result = fit(train_model, train, val, applied.optimizer_groups, protocol, device=self.device,
-                     generator=generator, num_classes=len(splits.classes), before_eval=before_eval,
-                     progress=advance)
-        model.load_state_dict(result.best_state)
-        model.eval()
-        test = evaluate(train_model, Split(splits.test_images, splits.test_labels, prep.train, prep.eval),
-                        protocol["eval_batch_size"], self.device, autocast_context(self.device, protocol["amp"]),
-                        len(splits.classes))
-        return Outcome(result, test, test.images_per_s or result.best_val.images_per_s, None, None)
-
-    def _fit_on_features(self, trial, protocol, backbone, prep, splits, applied, generator, advance):
+    def _features(self, trial: Trial, protocol: dict[str, Any], backbone: Any, prep: DevicePreprocessor,
+                  splits: ImageSplits, changed_by_surgery: bool) -> CachedFeatures:
         """Frozen backbone in eval mode and no augmentation: its features are a pure function of the image, so
-        they are computed once per (backbone weights, data, preprocessing) and the head trains on them."""
+        they are computed once per (backbone weights, data, preprocessing) and shared by the run's trials (a model
+        changed by surgery only within its own trial)."""
         key = json.dumps([backbone.name, backbone.weights, backbone.pretrained or trial.seed,
-                          self.data_key(trial), prep.describe(), protocol["amp"]], sort_keys=True, default=str)
-        feature_seconds = 0.0
-        if key not in self._features:
-            autocast = autocast_context(self.device, protocol["amp"])
-            backbone.model.eval()
-            features, rate = {}, None
-            with Stopwatch(self.device) as watch:
-                for split in ("train", "val", "test"):
-                    features[split], rate = extract_features(backbone.pre_logits, getattr(splits, f"{split}_images"),
-                                                             prep.eval, protocol["eval_batch_size"], self.device,
-                                                             autocast)
-            self._features[key] = {"features": features, "rate": rate}
-            feature_seconds = watch.seconds
-        cached = self._features[key]
-        features = cached["features"]
-        head = backbone.head
-        identity = lambda x: x  # noqa: E731 - the features are already the model's input to the head
-        train = Split(features["train"], splits.train_labels, lambda x, g: x, identity)
-        val = Split(features["val"], splits.val_labels, lambda x, g: x, identity)
-        result = fit(head, train, val, applied.optimizer_groups, protocol, device=self.device,
-                     generator=generator, num_classes=len(splits.classes), progress=advance)
-        head.load_state_dict(result.best_state)
-        head.eval()
-        test = evaluate(head, Split(features["test"], splits.test_labels, lambda x, g: x, identity),
-                        protocol["eval_batch_size"], self.device, autocast_context(self.device, protocol["amp"]),
-                        len(splits.classes))
-        head_flops = train_step_flops(head, features["val"][:2], len(splits.classes)) / 2
-        return Outcome(result, test, cached["rate"], feature_seconds, head_flops)
+                          self.data_key(trial), prep.describe(), protocol["amp"],
+                          trial.key if changed_by_surgery else None], sort_keys=True, default=str)
+        if key in self._features_cache:
+            cached = self._features_cache[key]
+            return CachedFeatures(cached.train, cached.val, cached.test, cached.images_per_s, 0.0)
+        autocast = autocast_context(self.device, protocol["amp"])
+        backbone.model.eval()
+        features, rate = {}, None
+        with Stopwatch(self.device) as watch:
+            for split in ("train", "val", "test"):
+                features[split], rate = extract_features(backbone.pre_logits, getattr(splits, f"{split}_images"),
+                                                         prep.eval, protocol["eval_batch_size"], self.device,
+                                                         autocast)
+        cached = CachedFeatures(features["train"], features["val"], features["test"], rate, watch.seconds)
+        self._features_cache[key] = cached
+        return cached

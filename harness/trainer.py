@@ -57,6 +57,8 @@ class FitResult:
     val_seconds: float
     steps: int
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    timed_images: int = 0  # after warm-up: what train_images_per_s is computed from
+    timed_seconds: float = 0.0
 
 
 def resolve_amp(device: torch.device, amp: str) -> str:
@@ -153,34 +155,79 @@ def extract_features(pre_logits: Callable[[torch.Tensor], torch.Tensor], images:
     return torch.cat(chunks), timer.finish()[1]
 
 
+@dataclass
+class BestEpoch:
+    """The best validation epoch so far, across phases (earliest on ties), and the model's state at that epoch.
+
+    ``snapshot`` is what ``state`` is taken from: the whole model, also when a phase trains only its head on
+    cached features, so that restoring the best epoch is one ``load_state_dict`` whichever phase it came from.
+    ``tag`` is whatever the caller needs to know about that state (e.g. whether cached features still describe it).
+    """
+
+    top1: float = -1.0
+    epoch: int = 0
+    evaluation: Evaluation | None = None
+    state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    tag: Any = None
+
+    def offer(self, epoch: int, evaluation: Evaluation, snapshot: nn.Module, tag: Any = None) -> None:
+        if evaluation.top1 > self.top1:
+            self.top1, self.epoch, self.evaluation, self.tag = evaluation.top1, epoch, evaluation, tag
+            self.state = {k: v.detach().clone() for k, v in snapshot.state_dict().items()}
+
+
+@dataclass
+class ScheduleSpan:
+    """Where a phase sits in its LR schedule: a phase that restarts starts a new span (fresh AdamW, warm-up, cosine
+    over the span's steps); a phase that continues takes over the optimizer and the step count."""
+
+    total_steps: int
+    offset: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+
+
 def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[str, Any]],
         protocol: Mapping[str, Any], *, device: torch.device, generator: torch.Generator, num_classes: int,
         before_eval: Callable[[], None] = lambda: None,
         eval_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        progress: Callable[[int], None] = lambda n: None) -> FitResult:
-    """Train ``model`` for ``protocol['epochs']`` epochs; after each, run ``before_eval`` (BatchNorm
-    recalibration), score the validation split, and keep the weights of the best epoch (earliest on ties)."""
-    epochs, batch_size = protocol["epochs"], protocol["batch_size"]
+        progress: Callable[[int], None] = lambda n: None,
+        epochs: int | None = None, best: BestEpoch | None = None, snapshot: nn.Module | None = None,
+        selectable: bool = True, first_epoch: int = 1, phase: str = "", best_tag: Any = None,
+        span: ScheduleSpan | None = None, loss_term: Callable[[], torch.Tensor] | None = None) -> FitResult:
+    """Train ``model`` for ``epochs`` (default ``protocol['epochs']``); after each epoch run ``before_eval``
+    (BatchNorm recalibration), score the validation split, and offer the weights to ``best`` (earliest best epoch
+    wins; epochs of a phase that is not ``selectable`` are scored and logged only). ``loss_term()`` is added to the
+    task loss at every step, in float32 outside autocast. Epochs are numbered from ``first_epoch``."""
+    epochs = protocol["epochs"] if epochs is None else epochs
+    batch_size = protocol["batch_size"]
+    best = best if best is not None else BestEpoch()
+    snapshot = snapshot if snapshot is not None else model
     autocast = autocast_context(device, protocol["amp"])
     scaler = torch.amp.GradScaler(device.type) if resolve_amp(device, protocol["amp"]) == "fp16" else None
     optimizer = torch.optim.AdamW(optimizer_groups, lr=optimizer_groups[0]["lr"])
     # Full batches only (as timm's loaders do): a last batch of one image breaks BatchNorm in train mode.
     steps_per_epoch = max(1, len(train) // batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup = min(total_steps, round(protocol["warmup_epochs"] * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, protocol["schedule"]))
+    span = span or ScheduleSpan(epochs * steps_per_epoch)
+    if span.optimizer is not None:  # the phase continues the previous one: Adam moments carry over
+        for group in span.optimizer.param_groups:
+            for param in group["params"]:
+                if param in span.optimizer.state:
+                    optimizer.state[param] = span.optimizer.state[param]
+    warmup = min(span.total_steps, round(protocol["warmup_epochs"] * steps_per_epoch))
+    factor, offset = lr_lambda(span.total_steps, warmup, protocol["schedule"]), span.offset
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step + offset))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=protocol["label_smoothing"])
     eval_model = eval_model or model
 
     history: list[dict[str, Any]] = []
-    best: tuple[float, int] = (-1.0, 0)
-    best_eval: Evaluation | None = None
-    best_state: dict[str, torch.Tensor] = {}
+    phase_best: tuple[float, int] = (-1.0, 0)
+    phase_best_eval: Evaluation | None = None
     timed_seconds, timed_images, train_seconds, val_seconds, step = 0.0, 0, 0.0, 0.0, 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, first_epoch + epochs):
         model.train()
         order = torch.randperm(len(train), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
+        term_sum = torch.zeros((), device=device)
         synchronize(device)
         epoch_start = time.perf_counter()
         timed_from, images_after_warmup = (epoch_start if step >= WARMUP_STEPS else None), 0
@@ -190,6 +237,10 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
             y = train.labels[batch]
             with autocast():
                 loss = loss_fn(model(x), y)
+            if loss_term is not None:
+                term = loss_term().float()
+                term_sum += term.detach()
+                loss = loss.float() + term
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -222,13 +273,21 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         result = evaluate(eval_model, val, resolve_eval_batch_size(device, protocol["eval_batch_size"]), device,
                           autocast, num_classes)
         val_seconds += result.seconds
-        history.append({"epoch": epoch, "train_loss": mean_loss, "val_top1": result.top1, "val_top5": result.top5,
-                        "lr": optimizer.param_groups[0]["lr"]})
-        if result.top1 > best[0]:
-            best = (result.top1, epoch)
-            best_eval = result
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    assert best_eval is not None
-    return FitResult(best_epoch=best[1], best_val=best_eval, history=history,
+        entry = {"epoch": epoch, "train_loss": mean_loss, "val_top1": result.top1, "val_top5": result.top5,
+                 "lr": optimizer.param_groups[0]["lr"]}
+        if phase:
+            entry["phase"] = phase
+        if loss_term is not None:
+            entry["loss_term"] = (term_sum / steps_per_epoch).item()
+        history.append(entry)
+        if result.top1 > phase_best[0]:
+            phase_best, phase_best_eval = (result.top1, epoch), result
+        if selectable:
+            best.offer(epoch, result, snapshot, best_tag)
+    assert phase_best_eval is not None
+    span.optimizer, span.offset = optimizer, span.offset + step
+    return FitResult(best_epoch=best.epoch if best.evaluation else phase_best[1],
+                     best_val=best.evaluation or phase_best_eval, history=history,
                      train_images_per_s=(timed_images / timed_seconds) if timed_seconds > 0 else None,
-                     train_seconds=train_seconds, val_seconds=val_seconds, steps=step, best_state=best_state)
+                     train_seconds=train_seconds, val_seconds=val_seconds, steps=step, best_state=best.state,
+                     timed_images=timed_images, timed_seconds=timed_seconds)

@@ -5,8 +5,10 @@ sees another plugin (a strategy plans over group *names*; a backbone never knows
 """
 from __future__ import annotations
 
+import importlib.util
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -80,29 +82,131 @@ class BackboneFamily(Protocol):
 
 
 # -------------------------------------------------------------------------------------------------- strategies
+BATCHNORM_POLICIES = ("train", "frozen", "recalibrate")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
 @dataclass(frozen=True)
-class TrainPlan:
-    """What a strategy decides, over the backbone's group names only.
+class ParamRef:
+    """One parameter as a selector sees it: its name in the model, the tensor, the module that owns it and the
+    backbone group it belongs to (after model surgery: new parameters join the group of the module they wrap)."""
+
+    name: str
+    param: nn.Parameter
+    module: nn.Module
+    group: str
+
+    @property
+    def is_bias(self) -> bool:
+        """An additive bias: every ``*.bias``, the shifts of norm layers included."""
+        return self.name.rsplit(".", 1)[-1] == "bias"
+
+    @property
+    def is_norm(self) -> bool:
+        """Owned by a normalisation layer (BatchNorm, GroupNorm, LayerNorm and their subclasses, e.g. timm's)."""
+        return isinstance(self.module, _NORM_TYPES)
+
+
+# A parameter-level selection: a predicate over ParamRef, or a regular expression searched in the parameter name.
+Selector = Union[Callable[[ParamRef], bool], str]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training. The model carries over from the phase before; the optimizer (AdamW) and the
+    warm-up + schedule start afresh unless ``restart`` is false (then optimizer moments and the schedule continue).
 
     ``learning_rates`` maps each *trainable* group to its learning rate; groups not named are frozen (no gradient,
-    every module in them kept in eval mode for the whole trial). ``batchnorm`` is the policy for BatchNorm layers of
-    trainable groups: "train" (batch statistics, running statistics updated), "frozen" (running statistics used and
-    never updated, affine parameters still learn) or "recalibrate" (train mode, then the running statistics are
-    re-estimated on training images before every evaluation).
+    every module in them pinned in eval mode for this phase). ``select`` narrows training to some parameters of
+    those groups (a predicate over :class:`ParamRef` or a regex on the parameter name); the rest are frozen too.
+    ``batchnorm`` is the policy for BatchNorm layers of trainable parameters: "train" (batch statistics, running
+    statistics updated), "frozen" (running statistics used and never updated, affine parameters still learn) or
+    "recalibrate" (train mode, then the running statistics are re-estimated on training images before every
+    evaluation). ``epochs``: None = the trial's epochs, an int = that many epochs, a float = that multiple of the
+    trial's epochs (0.5 = half, rounded). ``selectable``: whether this phase's epochs may be chosen as the best
+    epoch (on validation); the last phase must be.
     """
 
     learning_rates: Mapping[str, float]
     batchnorm: str = "train"
+    epochs: int | float | None = None
+    select: Selector | None = None
+    name: str = ""
+    restart: bool = True
+    selectable: bool = True
 
-    BATCHNORM_POLICIES: ClassVar[tuple[str, ...]] = ("train", "frozen", "recalibrate")
+    def resolved_epochs(self, trial_epochs: int) -> int:
+        if self.epochs is None:
+            return trial_epochs
+        if isinstance(self.epochs, float):
+            return round(self.epochs * trial_epochs)
+        return self.epochs
+
+
+@dataclass
+class TrainingContext:
+    """What a loss term and an after-training step see: the model being trained (after surgery), its parameters
+    by name with their groups, and the weights training started from (the pretrained ones, for a pretrained
+    strategy). ``evaluate()`` scores the model's current weights on the *validation* split (top-1); the test
+    split is never reachable from here."""
+
+    model: nn.Module
+    parameters: Mapping[str, nn.Parameter]
+    group_of: Mapping[str, str]
+    initial: Mapping[str, torch.Tensor]
+    evaluate: Callable[[], float] = field(default=lambda: float("nan"))
+
+    def in_groups(self, *groups: str) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.parameters.items() if self.group_of[n] in groups]
+
+    def not_in_groups(self, *groups: str) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.parameters.items() if self.group_of[n] not in groups]
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a strategy decides, over the backbone's group names only.
+
+    The simple case is one phase: ``TrainPlan({"head": 1e-3}, "frozen")`` (see :class:`Phase` for
+    ``learning_rates``, ``batchnorm`` and ``select``). ``phases`` replaces that single phase with an ordered list.
+    The optional parts, each recorded in the result:
+
+    - ``surgery(model) -> dict | None``: changes the model in place before training (wrap or replace modules,
+      e.g. inject adapters); the head module must stay. New parameters join the group of the module they sit in.
+      What it returns is recorded. Parameter counts, FLOPs and the feature cache all see the changed model.
+    - ``loss_term(ctx) -> Tensor``: added to the task loss at every step (computed in float32, outside autocast,
+      included in the logged loss), from :class:`TrainingContext` (the model and its starting weights).
+    - ``after_training(ctx) -> dict``: runs once the best epoch's weights are restored, may change the weights in
+      place, choosing on validation only (``ctx.evaluate()``); what it returns is recorded. The test split is scored
+      once, after it.
+    - ``record``: anything else the strategy wants in the result (e.g. the paper's name for a setting).
+    """
+
+    learning_rates: Mapping[str, float] = field(default_factory=dict)
+    batchnorm: str = "train"
+    select: Selector | None = None
+    phases: Sequence[Phase] = ()
+    surgery: Callable[[nn.Module], Mapping[str, Any] | None] | None = None
+    loss_term: Callable[[TrainingContext], torch.Tensor] | None = None
+    after_training: Callable[[TrainingContext], Mapping[str, Any]] | None = None
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    BATCHNORM_POLICIES: ClassVar[tuple[str, ...]] = BATCHNORM_POLICIES
+
+    def all_phases(self) -> list[Phase]:
+        if self.phases:
+            return list(self.phases)
+        return [Phase(self.learning_rates, self.batchnorm, None, self.select)]
 
 
 class Strategy:
     """Base class for transfer strategies. Subclass it, set the class attributes, implement :meth:`plan`.
 
     ``defaults`` holds the strategy's own hyper-parameters; ``protocol`` may override shared protocol settings
-    (epochs, batch_size, ...) for this strategy. Both are overridable from the command line with
-    ``--set <strategy>.<key>=<value>`` and are recorded in every result.
+    (epochs, batch_size, weight_decay, ...) for this strategy. Both are overridable from the command line with
+    ``--set <strategy>.<key>=<value>`` and are recorded in every result. ``requires`` names optional packages the
+    strategy imports (``{"peft": "pip install 'tlbench[peft]'"}``): without them it is still listed, and a run
+    that asks for it stops with the install hint.
     """
 
     name: ClassVar[str] = ""
@@ -110,20 +214,31 @@ class Strategy:
     pretrained: ClassVar[bool] = True
     defaults: ClassVar[Mapping[str, Any]] = {}
     protocol: ClassVar[Mapping[str, Any]] = {}
+    requires: ClassVar[Mapping[str, str]] = {}
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
         raise NotImplementedError
 
-    def validate(self, hparams: Mapping[str, Any]) -> None:
-        """Raise :class:`UsageError` for hyper-parameters that cannot work. The base checks learning rates."""
+    def missing_requirements(self) -> list[str]:
+        """Install hints for the optional packages in ``requires`` that cannot be imported."""
+        return [hint for module, hint in self.requires.items() if importlib.util.find_spec(module) is None]
+
+    def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
+        """Raise :class:`UsageError` for settings that cannot work, before anything runs. ``protocol`` is this
+        strategy's resolved protocol (epochs, batch size, ...; older plugins may define ``validate(hparams)``). The base checks learning rates (keys ending in
+        ``lr``), the BatchNorm policy and the optional packages."""
+        missing = self.missing_requirements()
+        if missing:
+            raise UsageError(f"strategy {self.name!r} needs an optional package: {missing[0]}")
         for key, value in hparams.items():
-            if key.endswith("lr") and not (isinstance(value, (int, float)) and value > 0):
+            if key.endswith("lr") and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                           and math.isfinite(value) and value > 0):  # not nan, not inf
                 raise UsageError(f"{self.name}.{key} must be a number > 0, got {value!r}; "
                                  f"fix it with --set {self.name}.{key}=<value>")
         bn = hparams.get("batchnorm")
-        if bn is not None and bn not in TrainPlan.BATCHNORM_POLICIES:
-            raise UsageError(f"{self.name}.batchnorm must be one of {', '.join(TrainPlan.BATCHNORM_POLICIES)}, "
-                             f"got {bn!r}")
+        if bn is not None and bn not in BATCHNORM_POLICIES:
+            raise UsageError(f"{self.name}.batchnorm must be one of {', '.join(BATCHNORM_POLICIES)}, got {bn!r}; "
+                             f"fix it with --set {self.name}.batchnorm=<policy>")
 
 
 # ---------------------------------------------------------------------------------------------------- datasets

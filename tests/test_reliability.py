@@ -100,11 +100,11 @@ def make_plugin(site: Path, dist: str, entry_point: str, module: str, source: st
     (site / f"{module}.py").write_text(textwrap.dedent(source))
 
 
-# A `tlbench run` child that first wraps os.replace (temp file -> record rename in the results dir) or the runner's
+# A `tlbench run` child that first wraps os.replace (temp file -> record rename in the results dir) or the phase runner's
 # fit(), printing a marker and sleeping at the N-th call, so the parent can SIGKILL it at exactly that point.
 KILLABLE_CHILD = r"""
 import os, sys, time
-import tlbench.cli, tlbench.runner
+import tlbench.cli, tlbench.phases
 mode, at, results = os.environ["KILL_MODE"], int(os.environ["KILL_AT"]), os.environ["KILL_RESULTS"]
 calls = [0]
 if mode == "replace":
@@ -120,14 +120,14 @@ if mode == "replace":
         return real_replace(src, dst, *args, **kwargs)
     os.replace = replace
 elif mode == "fit":
-    real_fit = tlbench.runner.fit
+    real_fit = tlbench.phases.fit
     def fit(*args, **kwargs):
         calls[0] += 1
         if calls[0] == at:
             print("MARK fit", flush=True)
             time.sleep(600)
         return real_fit(*args, **kwargs)
-    tlbench.runner.fit = fit
+    tlbench.phases.fit = fit
 tlbench.cli.main()
 """
 

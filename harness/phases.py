@@ -1,0 +1,222 @@
+"""Carries out one strategy's plan on one built backbone: model surgery, the phases in order (each end to end, or
+on cached features when only the head trains on an unchanged backbone), the best validation epoch restored, the
+after-training step, and the one pass over the test split.
+
+Selection across phases: every epoch of every phase is scored on validation; the best epoch of the *selectable*
+phases wins (earliest on ties), and its weights — the whole model's — are restored before the after-training step
+and the test pass. The model carries over from phase to phase as it ended (the last epoch's weights).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from tlbench.freeze import AppliedPhase, apply_phase, describe, recalibrate_batchnorm, regroup_after_surgery
+from tlbench.measure import train_step_flops
+from tlbench.preprocess import DevicePreprocessor
+from tlbench.trainer import (BestEpoch, Evaluation, FitResult, ScheduleSpan, Split, autocast_context, evaluate,
+                             fit)
+from tlbench.types import Backbone, ImageSplits, TrainingContext, TrainPlan, UsageError
+
+
+@dataclass
+class CachedFeatures:
+    """Pooled features of every split from one frozen backbone, and the images/s of the pass that made them."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    images_per_s: float | None
+    seconds: float  # 0.0 when an earlier trial of the run computed them
+
+
+@dataclass
+class PhaseOutcome:
+    record: dict[str, Any]
+    fit: FitResult
+    applied: AppliedPhase
+    on_features: bool
+    flops_per_image: float
+
+
+@dataclass
+class PlanOutcome:
+    phases: list[PhaseOutcome]
+    best: BestEpoch
+    val: Evaluation  # the validation score of the weights that were tested
+    test: Evaluation  # scored once, at the end
+    eval_images_per_s: float | None
+    feature_seconds: float | None  # None: no phase used cached features
+    surgery: Mapping[str, Any] | None
+    after_training: Mapping[str, Any] | None
+    trainable_params: int  # trained in at least one phase
+    total_params: int
+    group_of: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return [entry for phase in self.phases for entry in phase.fit.history]
+
+    @property
+    def steps(self) -> int:
+        return sum(phase.fit.steps for phase in self.phases)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(phase.fit.train_seconds for phase in self.phases)
+
+    @property
+    def val_seconds(self) -> float:
+        return sum(phase.fit.val_seconds for phase in self.phases)
+
+    @property
+    def train_images_per_s(self) -> float | None:
+        """Over the end-to-end phases when there are any (the head on cached features is another kind of step),
+        else over the cached-feature phases."""
+        chosen = [p.fit for p in self.phases if not p.on_features] or [p.fit for p in self.phases]
+        seconds = sum(f.timed_seconds for f in chosen)
+        return sum(f.timed_images for f in chosen) / seconds if seconds > 0 else None
+
+
+def apply_surgery(backbone: Backbone, plan: TrainPlan) -> tuple[dict[str, str], Mapping[str, Any] | None]:
+    """Run the plan's surgery on the backbone's model (in place) and map every parameter to its group."""
+    group_of = {name: group for group, names in backbone.groups for name in names}
+    if plan.surgery is None:
+        return group_of, None
+    group_by_id = {id(p): group_of[name] for name, p in backbone.model.named_parameters()}
+    record = plan.surgery(backbone.model)
+    if not any(module is backbone.head for module in backbone.model.modules()):
+        raise UsageError(f"model surgery ({describe(plan.surgery)}) replaced the head of {backbone.name}; leave the "
+                         f"classifier in place (exclude it from the modules it wraps)")
+    return regroup_after_surgery(backbone.model, group_by_id), dict(record or {})
+
+
+def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surgery: Mapping[str, Any] | None,
+             model: nn.Module, train_model: Callable[[torch.Tensor], torch.Tensor], prep: DevicePreprocessor,
+             splits: ImageSplits, protocol: Mapping[str, Any], *, device: torch.device,
+             generator: torch.Generator, features: Callable[[], CachedFeatures],
+             progress: Callable[[int], None]) -> PlanOutcome:
+    """Train the phases, restore the best epoch, run the after-training step, score the test split once."""
+    phases = plan.all_phases()
+    num_classes = len(splits.classes)
+    steps_per_epoch = max(1, len(splits.train_labels) // protocol["batch_size"])
+    epochs = [phase.resolved_epochs(protocol["epochs"]) for phase in phases]
+    autocast = autocast_context(device, protocol["amp"])
+    train = Split(splits.train_images, splits.train_labels, prep.train, prep.eval)
+    val = Split(splits.val_images, splits.val_labels, prep.train, prep.eval)
+    needs_start = plan.loss_term is not None or plan.after_training is not None
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if needs_start else {}
+    context = TrainingContext(model, dict(model.named_parameters()), group_of, initial)
+    loss_term = (lambda: plan.loss_term(context)) if plan.loss_term is not None else None
+
+    best = BestEpoch()
+    outcomes: list[PhaseOutcome] = []
+    backbone_changed = False  # once a phase trains more than the head, cached features no longer describe it
+    span: ScheduleSpan | None = None
+    first_epoch = 1
+    feature_seconds: float | None = None
+    trained: set[str] = set()
+    for index, phase in enumerate(phases):
+        applied = apply_phase(model, group_of, backbone.group_names, phase, protocol["weight_decay"])
+        planned_groups = [{k: v for k, v in g.items() if k != "params"} | {"parameters": sum(
+            p.numel() for p in g["params"])} for g in applied.optimizer_groups]  # before the optimizer edits them
+        trained |= applied.trainable_names
+        if phase.restart or span is None:
+            continuing = 1
+            while index + continuing < len(phases) and not phases[index + continuing].restart:
+                continuing += 1
+            span = ScheduleSpan(steps_per_epoch * sum(epochs[index:index + continuing]))
+        on_features = bool(protocol["feature_cache"]) and applied.head_only and prep.augment == "none" \
+            and not backbone_changed
+        common = dict(device=device, generator=generator, num_classes=num_classes, progress=progress,
+                      epochs=epochs[index], best=best, snapshot=model, selectable=phase.selectable,
+                      first_epoch=first_epoch, phase=phase.name or str(index + 1), span=span, loss_term=loss_term)
+        if on_features:
+            cached = features()
+            feature_seconds = (feature_seconds or 0.0) + cached.seconds
+            result = fit(backbone.head, _feature_split(cached.train, splits.train_labels),
+                         _feature_split(cached.val, splits.val_labels), applied.optimizer_groups, protocol,
+                         best_tag=True, **common)
+            flops = train_step_flops(backbone.head, cached.val[:2], num_classes) / 2
+        else:
+            result = fit(train_model, train, val, applied.optimizer_groups, protocol,
+                         before_eval=_recalibration(applied, train_model, prep, splits, protocol),
+                         best_tag=False, **common)
+            flops = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
+        backbone_changed |= not applied.head_only
+        first_epoch += epochs[index]
+        record = _phase_record(phase, epochs[index], applied, on_features, result) | {
+            "optimizer_groups": planned_groups}
+        outcomes.append(PhaseOutcome(record, result, applied, on_features, flops))
+
+    model.load_state_dict(best.state)
+    model.eval()
+    last = outcomes[-1]
+    eval_batch = protocol["eval_batch_size"]
+    after_record = None
+    final_val = best.evaluation
+    use_features = bool(best.tag)
+    if plan.after_training is not None:
+        before_eval = _recalibration(last.applied, train_model, prep, splits, protocol)
+
+        def score_val() -> float:
+            model.eval()
+            before_eval()
+            return evaluate(train_model, val, eval_batch, device, autocast, num_classes).top1
+
+        context.evaluate = score_val
+        after_record = dict(plan.after_training(context) or {})
+        model.eval()
+        before_eval()
+        final_val = evaluate(train_model, val, eval_batch, device, autocast, num_classes)
+        use_features = False
+    assert final_val is not None
+    if use_features:
+        cached = features()
+        test = evaluate(backbone.head, _feature_split(cached.test, splits.test_labels), eval_batch, device,
+                        autocast, num_classes)
+        eval_rate = cached.images_per_s
+    else:
+        test = evaluate(train_model, Split(splits.test_images, splits.test_labels, prep.train, prep.eval),
+                        eval_batch, device, autocast, num_classes)
+        eval_rate = test.images_per_s or final_val.images_per_s
+    params = dict(model.named_parameters())
+    return PlanOutcome(outcomes, best, final_val, test, eval_rate, feature_seconds, surgery, after_record,
+                       sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()), group_of)
+
+
+def _feature_split(inputs: torch.Tensor, labels: torch.Tensor) -> Split:
+    return Split(inputs, labels, lambda x, g: x, lambda x: x)  # features are already the head's input
+
+
+def _recalibration(applied: AppliedPhase, train_model: Callable, prep: DevicePreprocessor, splits: ImageSplits,
+                   protocol: Mapping[str, Any]) -> Callable[[], None]:
+    """What runs before each evaluation: re-estimating the statistics of "recalibrate" BatchNorm layers."""
+    if not applied.recalibrate:
+        return lambda: None
+    count = min(len(splits.train_labels), protocol["recalibrate_images"])
+    batch = protocol["batch_size"]
+
+    def before_eval() -> None:
+        for layer in applied.recalibrate:
+            layer.train()
+        batches = (prep.eval(splits.train_images[lo:lo + batch]) for lo in range(0, count, batch))
+        recalibrate_batchnorm(applied.recalibrate, train_model, batches)
+        for layer in applied.recalibrate:
+            layer.eval()
+    return before_eval
+
+
+def _phase_record(phase: Any, epochs: int, applied: AppliedPhase, on_features: bool,
+                  result: FitResult) -> dict[str, Any]:
+    return {
+        "name": phase.name, "epochs": epochs, "epochs_setting": phase.epochs, "learning_rates":
+        dict(phase.learning_rates), "batchnorm": phase.batchnorm, "select": describe(phase.select),
+        "restart": phase.restart, "selectable": phase.selectable, "trainable_groups": applied.trainable_groups,
+        "trainable_params": applied.trainable_params, "feature_cache": on_features, "steps": result.steps,
+        "train_images_per_s": result.train_images_per_s, "train_seconds": result.train_seconds,
+    }
+
