@@ -238,7 +238,10 @@ def list_(kind: str | None) -> None:
             defaults = dict(getattr(item, "defaults", {}) or {})
             if name == "strategies" and item.protocol:
                 defaults.update(item.protocol)
-            rows.append([shown, item.description, ", ".join(f"{k}={v}" for k, v in defaults.items()),
+            description = item.description
+            if name == "strategies" and item.missing_requirements():
+                description += f" [not installed: {item.missing_requirements()[0]}]"
+            rows.append([shown, description, ", ".join(f"{k}={v}" for k, v in defaults.items()),
                          registries[name].owner(item_name)])
         click.echo(f"{name}:")
         click.echo(tabulate(rows, headers=["name", "description", "defaults", "plugin"], tablefmt="simple"))

@@ -87,7 +87,7 @@ def apply_surgery(backbone: Backbone, plan: TrainPlan) -> tuple[dict[str, str], 
     if plan.surgery is None:
         return group_of, None
     group_by_id = {id(p): group_of[name] for name, p in backbone.model.named_parameters()}
-    record = plan.surgery(backbone.model)
+    record = plan.surgery(backbone)
     if not any(module is backbone.head for module in backbone.model.modules()):
         raise UsageError(f"model surgery ({describe(plan.surgery)}) replaced the head of {backbone.name}; leave the "
                          f"classifier in place (exclude it from the modules it wraps)")

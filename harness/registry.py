@@ -19,6 +19,12 @@ ENTRY_POINT_GROUP = "tlbench"
 DISABLE_ENV = "TLBENCH_DISABLE_PLUGINS"  # set to 1 to load built-in plugins only (the tests do)
 DEFAULT_PLUGINS = (
     "tlbench.plugins.strategies",
+    "tlbench.plugins.lp_ft",
+    "tlbench.plugins.llrd",
+    "tlbench.plugins.bitfit",
+    "tlbench.plugins.l2_sp",
+    "tlbench.plugins.wise_ft",
+    "tlbench.plugins.lora",
     "tlbench.plugins.timm_backbones",
     "tlbench.plugins.torchvision_backbones",
     "tlbench.plugins.efficientnet_lite",

@@ -4,7 +4,6 @@ measurements. A trial that fails becomes a failed record; it never stops the gri
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -131,7 +130,7 @@ class TrialRunner:
                 plan = strategy.plan(backbone.group_names, trial.hparams)
                 check_phases(plan.all_phases(), backbone.group_names, trial.protocol["epochs"], strategy.name)
                 if plan.surgery is not None:  # on a copy: e.g. adapters that find no module to wrap
-                    apply_surgery(dataclasses.replace(backbone, model=copy.deepcopy(backbone.model)), plan)
+                    apply_surgery(copy.deepcopy(backbone), plan)
             except UsageError:
                 raise
             except Exception:  # a plugin bug, not bad input: that trial fails (and is recorded) when it runs

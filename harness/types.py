@@ -171,9 +171,9 @@ class TrainPlan:
     ``learning_rates``, ``batchnorm`` and ``select``). ``phases`` replaces that single phase with an ordered list.
     The optional parts, each recorded in the result:
 
-    - ``surgery(model) -> dict | None``: changes the model in place before training (wrap or replace modules,
-      e.g. inject adapters); the head module must stay. New parameters join the group of the module they sit in.
-      What it returns is recorded. Parameter counts, FLOPs and the feature cache all see the changed model.
+    - ``surgery(backbone) -> dict | None``: changes ``backbone.model`` in place before training (wrap or replace
+      modules, e.g. inject adapters; ``backbone.head`` must stay). New parameters join the group of the module they
+      sit in. What it returns is recorded. Parameter counts, FLOPs and the feature cache all see the changed model.
     - ``loss_term(ctx) -> Tensor``: added to the task loss at every step (computed in float32, outside autocast,
       included in the logged loss), from :class:`TrainingContext` (the model and its starting weights).
     - ``after_training(ctx) -> dict``: runs once the best epoch's weights are restored, may change the weights in
@@ -186,7 +186,7 @@ class TrainPlan:
     batchnorm: str = "train"
     select: Selector | None = None
     phases: Sequence[Phase] = ()
-    surgery: Callable[[nn.Module], Mapping[str, Any] | None] | None = None
+    surgery: Callable[[Backbone], Mapping[str, Any] | None] | None = None
     loss_term: Callable[[TrainingContext], torch.Tensor] | None = None
     after_training: Callable[[TrainingContext], Mapping[str, Any]] | None = None
     record: Mapping[str, Any] = field(default_factory=dict)

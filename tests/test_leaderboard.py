@@ -66,3 +66,8 @@ def test_cached_feature_throughput_is_marked_as_head_only():
     frozen_line = next(line for line in text.splitlines() if "frozen" in line)
     full_line = next(line for line in text.splitlines() if " full " in line)
     assert "100 (head)" in frozen_line and "(head)" not in full_line
+    probe_then_tune = record("lp-ft", 0, 0.75)  # a cached probe phase, then end-to-end fine-tuning
+    probe_then_tune["metrics"]["feature_cache"] = True
+    probe_then_tune["plan"] = {"phases": [{"feature_cache": True}, {"feature_cache": False}]}
+    line = next(line for line in render([probe_then_tune], "plain").splitlines() if "lp-ft" in line)
+    assert "100" in line and "(head)" not in line

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tlbench import hookspecs
@@ -54,7 +55,7 @@ def test_every_hook_is_documented_in_the_readme_with_its_exact_signature():
 
 def test_readme_example_plugin_is_the_installed_example_verbatim():
     readme = (ROOT / "README.md").read_text()
-    source = (ROOT / "tests/example_plugin/tlbench_linear_probe_then_tune.py").read_text()
+    source = (ROOT / "tests/example_plugin/tlbench_norm_tuning.py").read_text()
     assert source.strip() in readme
     assert len(source.strip().splitlines()) <= 30
 
@@ -63,30 +64,39 @@ def test_installed_example_plugin_is_discovered_through_its_entry_point(monkeypa
     """CI installs tests/example_plugin with pip: this is the same path a user's plugin takes."""
     monkeypatch.delenv("TLBENCH_DISABLE_PLUGINS", raising=False)
     plugins = Plugins()
-    assert "head-last-stage" in plugins.strategies.names(), "pip install ./tests/example_plugin (see README)"
-    assert plugins.strategies.owner("head-last-stage") == "head-last-stage"
-    info = plugins.info["head-last-stage"]
-    assert info.version == "0.2.0" and not info.builtin and info.hooks == ["register_strategies"]
+    assert "norm-tuning" in plugins.strategies.names(), "pip install ./tests/example_plugin (see README)"
+    assert plugins.strategies.owner("norm-tuning") == "norm-tuning"
+    info = plugins.info["norm-tuning"]
+    assert info.version == "0.3.0" and not info.builtin and info.hooks == ["register_strategies"]
     listing = invoke("plugins").output
-    assert "head-last-stage" in listing and "0.2.0" in listing and "third-party" in listing
+    assert "norm-tuning" in listing and "0.3.0" in listing and "third-party" in listing
 
 
 def test_disable_env_loads_builtins_only(monkeypatch):
     monkeypatch.setenv("TLBENCH_DISABLE_PLUGINS", "1")
     plugins = Plugins()
-    assert "head-last-stage" not in plugins.strategies.names()
+    assert "norm-tuning" not in plugins.strategies.names()
     assert all(i.builtin for i in plugins.info.values())
 
 
-def test_example_strategy_runs_end_to_end(monkeypatch, tmp_path, tiny_backbone):
+def test_example_strategy_trains_exactly_the_norm_layers_and_the_head(monkeypatch, tmp_path, tiny_backbone):
+    """The README's example, installed through its entry point, under the shared protocol (it sets no epochs)."""
     monkeypatch.delenv("TLBENCH_DISABLE_PLUGINS", raising=False)
-    result = invoke("run", "-s", "head-last-stage", "-b", tiny_backbone, "-d", "synthetic", "--results-dir",
-                    tmp_path, "--set", "head-last-stage.epochs=2")
+    result = invoke("run", "-s", "norm-tuning", "-s", "frozen", "-b", tiny_backbone, "-d", "synthetic",
+                    "--results-dir", tmp_path, "--epochs", "2", "--set", "norm-tuning.lr=0.01")
     assert result.exit_code == 0, result.output
-    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    records = {r["trial"]["strategy"]: r for r in (json.loads(p.read_text()) for p in tmp_path.glob("*.json"))}
+    record = records["norm-tuning"]
+    assert record["trial"]["protocol"] == records["frozen"]["trial"]["protocol"], "the same protocol as the classics"
     assert record["plan"]["batchnorm"] == "frozen"
-    assert record["plan"]["trainable_groups"][-1] == "head" and len(record["plan"]["trainable_groups"]) == 2
-    assert record["trial"]["protocol"]["epochs"] == 2
+    assert record["plan"]["phases"][0]["select"] == "tlbench_norm_tuning.norm_or_head"
+    import timm
+
+    model = timm.create_model("test_efficientnet", num_classes=4)
+    norms = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+                for p in m.parameters(recurse=False))
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    assert record["metrics"]["params"]["trainable"] == norms + head < record["metrics"]["params"]["total"]
 
 
 def test_backbone_dataset_executor_and_command_hooks(third_party, tmp_path, tiny_backbone):
