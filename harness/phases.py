@@ -120,6 +120,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
     feature_seconds: float | None = None
     trained: set[str] = set()
     for index, phase in enumerate(phases):
+        label = phase.name or str(index + 1)  # how the history and the record name this phase
         applied = apply_phase(model, group_of, backbone.group_names, phase, protocol["weight_decay"])
         planned_groups = [{k: v for k, v in g.items() if k != "params"} | {"parameters": sum(
             p.numel() for p in g["params"])} for g in applied.optimizer_groups]  # before the optimizer edits them
@@ -133,7 +134,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
             and not backbone_changed
         common = dict(device=device, generator=generator, num_classes=num_classes, progress=progress,
                       epochs=epochs[index], best=best, snapshot=model, selectable=phase.selectable,
-                      first_epoch=first_epoch, phase=phase.name or str(index + 1), span=span, loss_term=loss_term)
+                      first_epoch=first_epoch, phase=label, span=span, loss_term=loss_term)
         if on_features:
             cached = features()
             feature_seconds = (feature_seconds or 0.0) + cached.seconds
@@ -148,7 +149,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
             flops = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
         backbone_changed |= not applied.head_only
         first_epoch += epochs[index]
-        record = _phase_record(phase, epochs[index], applied, on_features, result) | {
+        record = _phase_record(label, phase, epochs[index], applied, on_features, result) | {
             "optimizer_groups": planned_groups}
         outcomes.append(PhaseOutcome(record, result, applied, on_features, flops))
 
@@ -210,10 +211,10 @@ def _recalibration(applied: AppliedPhase, train_model: Callable, prep: DevicePre
     return before_eval
 
 
-def _phase_record(phase: Any, epochs: int, applied: AppliedPhase, on_features: bool,
+def _phase_record(label: str, phase: Any, epochs: int, applied: AppliedPhase, on_features: bool,
                   result: FitResult) -> dict[str, Any]:
     return {
-        "name": phase.name, "epochs": epochs, "epochs_setting": phase.epochs, "learning_rates":
+        "name": label, "epochs": epochs, "epochs_setting": phase.epochs, "learning_rates":
         dict(phase.learning_rates), "batchnorm": phase.batchnorm, "select": describe(phase.select),
         "restart": phase.restart, "selectable": phase.selectable, "trainable_groups": applied.trainable_groups,
         "trainable_params": applied.trainable_params, "feature_cache": on_features, "steps": result.steps,

@@ -38,7 +38,7 @@ def tiny_backbone(tiny_weights):
 # Settings under which every strategy learns the synthetic data within seconds (tests check learning happened).
 FAST_SETTINGS = ["epochs=4", "scratch.lr=0.01", "full.lr=0.01", "partial.lr=0.01", "partial.head_lr=0.03",
                  "frozen.head_lr=0.03", "discriminative-lr.backbone_lr=0.003", "discriminative-lr.head_lr=0.03",
-                 "lp-ft.probe_lr=0.03", "lp-ft.lr=0.01", "lp-ft.probe_epochs=2", "llrd.lr=0.03", "bitfit.lr=0.03",
+                 "lp-ft.probe_lr=0.03", "lp-ft.lr=0.01", "lp-ft.probe_epochs=2", "llrd.lr=0.03", "bitfit.lr=0.003",
                  "bitfit.head_lr=0.03", "l2-sp.lr=0.01", "wise-ft.lr=0.01", "lora.lr=0.01", "lora.head_lr=0.03",
                  "data.train_size=128"]
 

@@ -339,10 +339,27 @@ class PhaseTooShort(NeedsLongRuns):
         return TrainPlan(phases=[Phase({"head": 1e-3}, epochs=0.1)])
 
 
+def _zero_the_stem(backbone):
+    """Surgery that changes what the frozen backbone computes (every feature becomes the same)."""
+    with torch.no_grad():
+        backbone.model.conv_stem.weight.zero_()
+    return {"zeroed": "conv_stem.weight"}
+
+
+class HeadOnAlteredBackbone(NeedsLongRuns):
+    name = "head-on-altered-backbone"
+
+    def validate(self, hparams, protocol=None):
+        pass
+
+    def plan(self, group_names, hparams):
+        return TrainPlan({"head": 0.03}, "frozen", surgery=_zero_the_stem)
+
+
 class ContractPlugin:
     @hookimpl
     def register_strategies(self, register):
-        for strategy in (NeedsLongRuns, OldStyleValidate, PhaseTooShort):
+        for strategy in (NeedsLongRuns, OldStyleValidate, PhaseTooShort, HeadOnAlteredBackbone):
             register(strategy)
 
 
@@ -388,3 +405,17 @@ def test_records_carry_phases_and_strategy_choices(tiny_backbone, tmp_path, fast
     assert wise["plan"]["after_training"]["alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert wise["plan"]["after_training_fn"].startswith("InterpolateTowardsPretrained(alphas=")
     assert wise["metrics"]["val_top1"] == max(wise["plan"]["after_training"]["val_top1_by_alpha"].values())
+
+
+def test_feature_cache_sees_the_model_after_surgery(contract_plugins, tiny_backbone, tmp_path, fast_settings):
+    results = tmp_path / "r"
+    result = CliRunner().invoke(cli, ["run", "-s", "frozen", "-s", "head-on-altered-backbone", "-b", tiny_backbone,
+                                      "-d", "synthetic", "--results-dir", str(results), *fast_settings, "-q"])
+    assert result.exit_code == 0, result.output
+    records = {r["trial"]["strategy"]: r for r in (json.loads(p.read_text()) for p in results.glob("*.json"))}
+    altered = records["head-on-altered-backbone"]
+    assert altered["metrics"]["feature_cache"] and altered["metrics"]["time_s"]["features"] > 0, \
+        "features of the altered model are computed for it, not taken from the frozen trial's cache"
+    assert altered["plan"]["surgery"] == {"zeroed": "conv_stem.weight"}
+    assert records["frozen"]["metrics"]["test_top1"] > 0.5 >= altered["metrics"]["test_top1"], \
+        "constant features cannot separate the classes"
