@@ -1,8 +1,9 @@
 """Speed benchmarks: tlbench against the plain PyTorch code it replaces, measured side by side in one run.
 
-Each benchmark prints ``RATIO ...`` lines with its goal and stores the figures in ``benchmark.extra_info``; only
-generous sanity bounds are asserted (the machine may be shared), plus the frozen-accuracy equality, which is a
-correctness property. Run: ``python -m pytest benchmarks --benchmark-only -s`` (see README.md).
+Each benchmark prints ``RATIO ...`` lines, stores the figures in ``benchmark.extra_info`` and asserts its goal
+with the tolerance stated next to it (``GOAL_*`` / ``TOLERANCE_*``): timings on a shared CPU are noisy, so each
+tolerance is about the noise measured on an idle 2-core CPU, and a busy machine can fail a goal it meets at rest.
+Run: ``python -m pytest benchmarks --benchmark-only -s`` (see README.md).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from torch import nn
 from tlbench.plan import PROTOCOL_DEFAULTS
 from tlbench.trainer import resolve_eval_batch_size
 
+from conftest import check_goal
+
 CPU = torch.device("cpu")
 SEED = 0
 IMAGE_SIZE = 64  # network input side (fashion-mnist's recommended size in tlbench)
@@ -32,6 +35,8 @@ NUM_CLASSES = 10
 # ================================================================================ 1. train step: fit vs bare loop
 STEP_ROUNDS = int(os.environ.get("TLBENCH_BENCH_STEP_ROUNDS", "3"))  # fit() calls of one epoch each
 STEPS_PER_ROUND = 16  # training steps per fit() call; pairs 2..N of every call are timed
+GOAL_STEP_RATIO = 1.05  # harness step / bare step
+TOLERANCE_STEP_RATIO = 0.02  # the 95% bootstrap interval of the median pair ratio is about +-0.02 on an idle CPU
 
 
 def bootstrap_median_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -133,11 +138,15 @@ def test_train_step_overhead(benchmark, plugins, fmnist, lesson, report):
            f"of this machine now; more pairs: TLBENCH_BENCH_STEP_ROUNDS=N)")
     report(benchmark, "ratio", ratio, f"[train step] RATIO harness/bare = {ratio:.3f} (median of paired steps; "
                                       f"goal <= 1.05)")
-    assert 0.5 < ratio < 2.0, "sanity bound only"
+    check_goal(benchmark, "train step", ratio, at_most=GOAL_STEP_RATIO, tolerance=TOLERANCE_STEP_RATIO)
 
 
 # ============================================================= 2. frozen: feature cache vs backbone every epoch
 FROZEN_EPOCHS = 10
+GOAL_FROZEN_SPEEDUP = 10.0  # plain loop / tlbench, end to end (unreachable at these split sizes: bound ~4.8x)
+TOLERANCE_FROZEN_SPEEDUP = 0.5  # 5%: run-to-run noise of the end-to-end ratio
+GOAL_FROZEN_DELTA = 0.01  # |test accuracy difference|: same model, data, schedule and seed; only numerics differ
+TOLERANCE_FROZEN_DELTA = 0.01
 
 
 def test_frozen_feature_cache(benchmark, make_trials, trial_runner, fmnist, lesson, report):
@@ -216,8 +225,9 @@ def test_frozen_feature_cache(benchmark, make_trials, trial_runner, fmnist, less
            f"{epochs_train / harness_head:.0f}x")
     report(benchmark, "ratio", ratio,
            f"[frozen] RATIO plain/harness end to end = {ratio:.2f}x (goal >= 10x; accuracy goal |delta| <= 1 point)")
-    assert abs(delta) <= 0.02, f"frozen accuracy differs by {100 * delta:.2f} points"
-    assert ratio > 1.0, "sanity bound only"
+    check_goal(benchmark, "frozen accuracy", abs(delta), at_most=GOAL_FROZEN_DELTA, tolerance=TOLERANCE_FROZEN_DELTA)
+    check_goal(benchmark, "frozen speed-up", ratio, at_least=GOAL_FROZEN_SPEEDUP, tolerance=TOLERANCE_FROZEN_SPEEDUP,
+               unit="x")
 
 
 # ============================================================ 3. full fine-tune: tlbench vs ImageFolder+DataLoader
@@ -225,6 +235,8 @@ FOLDER_PER_CLASS = {"train": 140, "val": 30, "test": 30}  # 2,000 JPEGs, 10 clas
 FOLDER_SIDE = 256
 FULL_EPOCHS = 2
 FULL_ROUNDS = int(os.environ.get("TLBENCH_BENCH_FULL_ROUNDS", "3"))  # alternating (tlbench, plain) rounds
+GOAL_FULL_SPEEDUP = 1.3  # plain ImageFolder + DataLoader loop / tlbench run, end to end, cold decode cache
+TOLERANCE_FULL_SPEEDUP = 0.065  # 5%: the spread of the per-round ratios measured (1.15-1.24 in one run)
 
 
 @pytest.fixture(scope="session")
@@ -399,15 +411,18 @@ def test_full_finetune_end_to_end(benchmark, plugins, jpeg_folder, lesson, repor
            f"{ratio:.2f}x (goal >= 1.3x)")
     assert all(r["harness"][2] for r in rounds), "the timed runs were meant to decode the JPEGs into an empty cache"
     assert metrics["test_top1"] > 0.3 and plain["test_top1"] > 0.3, "both sides should learn something"
-    assert ratio > 0.3, "sanity bound only"
+    check_goal(benchmark, "full fine-tune speed-up", ratio, at_least=GOAL_FULL_SPEEDUP,
+               tolerance=TOLERANCE_FULL_SPEEDUP, unit="x")
 
 
 # ========================================================================= 4. a whole default `tlbench run --all`
+GOAL_RUN_ALL_S = 180.0  # README, "Defaults and why": the whole default run takes under 3 minutes on a 2-core CPU
+TOLERANCE_RUN_ALL_S = 18.0  # 10%: start-up and load on an otherwise idle machine
 @pytest.mark.slow
 def test_run_all_wall_time(benchmark, fmnist, bench_environment, report, tmp_path):
     """``tlbench run --all`` in a subprocess: every built-in strategy x efficientnet_lite0 on fashion-mnist with
     the default protocol, a fresh results folder, the (warm) dataset cache of this session. Reports seconds and
-    the leaderboard it printed. Takes minutes: deselect with ``-m "not slow"``."""
+    the leaderboard it printed. Goal: under 3 minutes (README). Takes minutes: deselect with ``-m "not slow"``."""
     exe = shutil.which("tlbench")
     command = [exe] if exe else [sys.executable, "-c", "from tlbench.cli import main; main()"]
     command += ["run", "--all", "--results-dir", str(tmp_path / "results")]
@@ -431,3 +446,4 @@ def test_run_all_wall_time(benchmark, fmnist, bench_environment, report, tmp_pat
            f"trials ok, exit code {done.returncode}, warm dataset cache)")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "frozen" in done.stdout and "full" in done.stdout
+    check_goal(benchmark, "run --all", seconds, at_most=GOAL_RUN_ALL_S, tolerance=TOLERANCE_RUN_ALL_S, unit=" s")

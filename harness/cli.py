@@ -32,14 +32,59 @@ def _fail(message: str) -> None:
     raise BadInput(message)
 
 
-class TlbenchGroup(click.Group):
-    """Turns tlbench's UsageError into one "Error:" line with exit code 2, and adds plugin commands lazily."""
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _parse_error(exc: click.UsageError) -> click.ClickException:
+    """Click's own parse errors (unknown option, bad value, bad choice, missing or extra argument, unknown command)
+    as one line: click's message, with its "did you mean" suggestion, plus where help is; exit code 2. Click would
+    print its usage and a "Try ... for help" line above it, four lines for one mistake."""
+    if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        return exc  # a bare `tlbench`: the help text is the answer
+    hint = ""
+    ctx = exc.ctx
+    if ctx is not None and ctx.help_option_names:
+        hint = f" (see '{ctx.command_path} {ctx.help_option_names[-1]}')"
+    return BadInput(_one_line(exc.format_message()) + hint)
+
+
+class _ParseErrorsKnowTheirCommand:
+    """Gives click's parse errors the context of the command they belong to, for the "see ... --help" hint."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except click.UsageError as exc:
+            if exc.ctx is None:  # some parser errors ("requires an argument") come without it: whose help helps
+                exc.ctx = ctx
+            raise
+
+
+class TlbenchCommand(_ParseErrorsKnowTheirCommand, click.Command):
+    pass
+
+
+class TlbenchGroup(_ParseErrorsKnowTheirCommand, click.Group):
+    """Turns every usage error, tlbench's and click's own, into one "Error:" line with exit code 2, and adds plugin
+    commands lazily."""
+
+    command_class = TlbenchCommand
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:  # parse errors of the group itself: `tlbench --bogus`
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _parse_error(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UsageError as exc:  # one line, even when it quotes a multi-line message (e.g. pluggy's)
-            raise BadInput(" ".join(part.strip() for part in str(exc).splitlines())) from None
+            raise BadInput(_one_line(str(exc))) from None
+        except click.UsageError as exc:  # a subcommand's parse errors, and unknown commands
+            raise _parse_error(exc) from None
 
     @staticmethod
     def _plugin_commands() -> dict[str, click.Command]:

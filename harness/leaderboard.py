@@ -1,11 +1,12 @@
 """The leaderboard is only a view over result records: grouped by configuration, aggregated over seeds.
 
-Accuracy is mean ± sample std over seeds with n and a 95% t-interval; with one seed it says n=1 instead of
+Accuracy is mean ± sample std over seeds with n and a 95% Student t-interval; with one seed it says n=1 instead of
 pretending the spread is zero. Failed or diverged trials are shown in their cell, never hidden.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -19,13 +20,33 @@ from tlbench.types import UsageError
 
 FORMATS = ("github", "plain", "simple", "html", "latex", "csv", "json")
 
-# Two-sided 95% Student t quantiles by degrees of freedom (n - 1); the normal 1.96 beyond 30.
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+def _t_central_probability(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's t with an integer number of degrees of freedom (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(dof))
+    cos2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    if dof % 2:  # odd: (2/pi) * (theta + sin * cos * (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        for k in range(1, (dof - 1) // 2):
+            term *= cos2 * (2 * k) / (2 * k + 1)
+            total += term
+        series = math.sin(theta) * math.cos(theta) * total if dof > 1 else 0.0
+        return 2 / math.pi * (theta + series)
+    for k in range(1, dof // 2):  # even: sin * (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        term *= cos2 * (2 * k - 1) / (2 * k)
+        total += term
+    return math.sin(theta) * total
 
 
+@functools.lru_cache(maxsize=None)
 def t95(dof: int) -> float:
-    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+    """Two-sided 95% Student t quantile for ``dof`` = n - 1 degrees of freedom, to 3 decimals (the textbook table's
+    values for 1-30; exact beyond, where a normal 1.96 would make the interval up to 4% too narrow)."""
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
+    low, high = 1.959, 12.71
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _t_central_probability(middle, min(dof, 100_000)) < 0.95 else (low, middle)
+    return round((low + high) / 2, 3)
 
 
 # column name -> (header, how to get one trial's value, "pct" | "int" | "float" | "mib")

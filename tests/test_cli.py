@@ -1,5 +1,6 @@
 """The CLI end to end on tiny data: every registered strategy runs, records are complete, resume skips."""
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -56,7 +57,8 @@ def test_every_registered_strategy_learns_and_records_everything(grid_run, strat
     else:
         assert m["val_top1"] == max(selectable), "best epoch chosen on validation"
     assert m["train_images_per_s"] > 0 and m["eval_images_per_s"] > 0 and m["gflops_per_image"] > 0
-    assert m["peak_memory"]["kind"] == "cpu-rss" and m["peak_memory_mib"] >= 0
+    assert m["peak_memory"]["kind"] == "cpu-rss" and m["peak_memory_mib"] == m["peak_memory"]["peak_mib"]
+    # (that the figure measures the trial is tested in test_guarantees.py: it moves with what a trial allocates)
     assert set(m["time_s"]) >= {"data", "features", "train", "eval", "total"}
     assert 0 < m["params"]["trainable"] <= m["params"]["total"]
     assert record["trial"]["hparams"] and record["trial"]["protocol"]["epochs"] == 4
@@ -90,13 +92,73 @@ def test_rerun_skips_finished_trials_and_force_reruns(grid_run, tiny_backbone):
     assert len(changed) == 1
 
 
-@pytest.mark.parametrize("fmt, marker", [("github", "|--"), ("plain", "test top-1 %"), ("html", "<table>"),
-                                         ("latex", "\\begin{tabular}"), ("csv", "dataset,backbone,strategy")])
-def test_leaderboard_formats(grid_run, fmt, marker):
+def _table_lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _check_github(text):
+    header, rule, *rows = _table_lines(text)
+    assert header.startswith("| dataset") and set(rule) <= set("|-: ") and rule.startswith("|--")
+    return rows
+
+
+def _check_plain(text):
+    header, *rows = _table_lines(text)
+    assert "|" not in text and "---" not in text, "plain: no pipes, no rule lines"
+    assert header.split()[:3] == ["dataset", "backbone", "strategy"]
+    return rows
+
+
+def _check_simple(text):
+    header, rule, *rows = _table_lines(text)
+    assert "|" not in text and header.split()[:3] == ["dataset", "backbone", "strategy"]
+    assert set(rule) == {"-", " "}, "simple: the dashed rule line under the header"
+    assert len(rule.split()) == len(re.split(r"\s{2,}", header.strip())), "one dash run per column"
+    return rows
+
+
+def _check_html(text):
+    assert text.startswith("<table>") and text.rstrip().endswith("</table>")
+    assert text.count("<th>") >= 3 and "<th>dataset" in text
+    return [row for row in text.split("<tr>")[2:]]
+
+
+def _check_latex(text):
+    lines = _table_lines(text)
+    assert lines[0].startswith("\\begin{tabular}") and lines[-1] == "\\end{tabular}", "latex: the tabular is closed"
+    assert lines.count("\\hline") >= 2
+    return [line for line in lines if line.endswith("\\\\")][1:]  # rows end with \\; the first is the header
+
+
+def _check_csv(text):
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0])[:3] == ["dataset", "backbone", "strategy"] and "test top-1 %" in rows[0]
+    for row in rows:
+        assert float(row["test top-1 %"]) > 0  # a number, not a formatted cell
+    return rows
+
+
+FORMAT_CHECKS = {"github": _check_github, "plain": _check_plain, "simple": _check_simple, "html": _check_html,
+                 "latex": _check_latex, "csv": _check_csv}
+
+
+def test_every_leaderboard_format_is_checked():
+    from tlbench.leaderboard import FORMATS
+
+    assert set(FORMATS) == set(FORMAT_CHECKS) | {"json"}  # json: test_leaderboard_json_and_wide_columns
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMAT_CHECKS))
+def test_leaderboard_formats_have_their_structure(grid_run, fmt):
     _, results = grid_run
     result = invoke("leaderboard", "--results-dir", results, "--format", fmt)
-    assert result.exit_code == 0 and marker in result.output
-    assert all(s in result.output for s in STRATEGIES)
+    assert result.exit_code == 0, result.output
+    rows = FORMAT_CHECKS[fmt](result.stdout)
+    assert len(rows) == len(STRATEGIES), "one row per strategy"
+    assert all(s in result.stdout for s in STRATEGIES)
 
 
 def test_leaderboard_json_and_wide_columns(grid_run):
@@ -122,11 +184,74 @@ def test_list_shows_descriptions_and_defaults():
     assert "timm:<model>" in everything and "fashion-mnist" in everything and "local" in everything
 
 
-def test_help_is_useful_on_every_command():
-    for command in ([], ["run"], ["list"], ["plugins"], ["leaderboard"], ["rerun"]):
-        result = invoke(*command, "--help")
-        assert result.exit_code == 0 and "Usage:" in result.output
-    assert "--set" in invoke("run", "--help").output
+def documented_options():
+    """command -> the options README.md's "Command line" section shows for it."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, set[str]] = {}
+    for command, usage in re.findall(r"^\| `tlbench (\w+)([^`]*)`", section, flags=re.MULTILINE):
+        documented.setdefault(command, set()).update(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", usage))
+    run_options = section.split("`run` options:", 1)[1].split("Settings (", 1)[0]
+    documented["run"].update(re.findall(r"`(--?[a-z][a-z-]*)", run_options) + ["--set"])
+    return documented
+
+
+def test_help_lists_every_documented_option():
+    documented = documented_options()
+    assert set(documented) == {"run", "list", "plugins", "leaderboard", "rerun"}
+    assert {"--all", "-s", "-b", "-d", "--seeds", "--seed", "--epochs", "--results-dir", "--force", "--retry-failed",
+            "--device", "--compile", "--deterministic", "-q", "--set"} <= documented["run"]
+    assert {"--format", "--dataset", "--wide", "--columns"} <= documented["leaderboard"]
+    top = invoke("--help")
+    assert top.exit_code == 0
+    for command, options in documented.items():
+        assert command in top.output, f"`tlbench --help` lists {command}"
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and result.output.startswith(f"Usage: cli {command} ")
+        words = set(result.output.replace(",", " ").split())
+        assert options <= words, (command, sorted(options - words))
+    list_help = invoke("list", "--help").output
+    assert "strategies|backbones|datasets|executors" in list_help
+    assert "KEY" in invoke("rerun", "--help").output
+
+
+# Every kind of parse error click raises, each as `tlbench` shows it: one "Error:" line (click's message, its
+# suggestion where it has one, where help is), exit code 2. Click itself prints usage and a hint above it.
+PARSE_ERRORS = {
+    "unknown option, suggestion": (["run", "--al"], ["No such option '--al'", "'--all'", "tlbench run --help"]),
+    "misspelt option": (["run", "--epoch", "3"], ["No such option '--epoch'", "Did you mean '--epochs'?"]),
+    "bad integer": (["run", "--seeds", "x"], ["Invalid value for '--seeds'", "'x' is not a valid integer"]),
+    "missing option value": (["run", "--seeds"], ["Option '--seeds' requires an argument", "tlbench run --help"]),
+    "flag with a value": (["run", "--all=1"], ["Option '--all' does not take a value"]),
+    "bad choice": (["list", "bogus"], ["'bogus' is not one of 'strategies', 'backbones'", "tlbench list --help"]),
+    "missing argument": (["rerun"], ["Missing argument 'KEY'", "tlbench rerun --help"]),
+    "extra argument": (["plugins", "extra"], ["unexpected extra argument (extra)"]),
+    "unknown command": (["leaderbord"], ["No such command 'leaderbord'", "Did you mean 'leaderboard'?"]),
+    "unknown top-level option": (["--bogus"], ["No such option '--bogus'", "tlbench --help"]),
+    "path that is a file": (["leaderboard", "--results-dir", __file__], ["is a file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARSE_ERRORS))
+def test_click_parse_errors_are_one_line_with_exit_code_2(case, tmp_path, monkeypatch):
+    args, expected = PARSE_ERRORS[case]
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args, prog_name="tlbench")
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_bare_tlbench_still_shows_the_help():
+    result = CliRunner().invoke(cli, [], prog_name="tlbench")
+    assert "Usage: tlbench [OPTIONS] COMMAND" in result.output and "Quick start" in result.output
 
 
 def test_unknown_strategy_exits_2_with_suggestion(tmp_path):

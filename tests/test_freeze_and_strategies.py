@@ -131,12 +131,52 @@ def test_invalid_strategy_settings_are_usage_errors():
         apply_plan(tiny_backbone(), TrainPlan({"stage9": 1e-3}), 0.0)
 
 
-def test_batchnorm_defaults_are_recorded_choices():
-    """Pretrained strategies keep pretrained BN statistics; scratch trains them (README, "Defaults and why")."""
-    assert Scratch.defaults["batchnorm"] == "train"
-    for strategy in (Partial, Full, DiscriminativeLR):
-        assert strategy.defaults["batchnorm"] == "frozen", strategy.name
-    assert Frozen().plan(GROUPS, Frozen.defaults).batchnorm == "frozen"
+class KeepsWhatItBuilds:
+    """The timm backbone family, registered under another name, keeping each model it builds with a copy of its
+    BatchNorm running statistics as built (so a test can see what a trial did to them)."""
+
+    name, description, takes_argument = "kept", "test only: timm models, kept", True
+
+    def __init__(self):
+        from tlbench.plugins.timm_backbones import TimmBackbones
+
+        self.timm, self.built = TimmBackbones(), []
+
+    def build(self, argument, num_classes, pretrained):
+        backbone = self.timm.build(argument, num_classes, pretrained)
+        stats = {n: b.clone() for n, b in backbone.model.named_buffers() if n.endswith(("running_mean", "running_var"))}
+        self.built.append((backbone.model, stats))
+        return backbone
+
+
+@pytest.mark.parametrize("strategy, statistics", [("scratch", "trained"), ("frozen", "kept"), ("partial", "kept"),
+                                                  ("full", "kept"), ("discriminative-lr", "kept")])
+def test_batchnorm_defaults_pin_pretrained_statistics_and_train_scratch_ones(strategy, statistics, tiny_weights,
+                                                                             tmp_path, monkeypatch):
+    """README, "Defaults and why": the pretrained strategies keep every BatchNorm layer's pretrained running
+    statistics through training (the layers are pinned in eval mode), scratch trains them. Checked on what a real
+    `tlbench run` with each strategy's defaults leaves in the model's BatchNorm layers."""
+    from click.testing import CliRunner
+
+    import tlbench.cli
+    from tlbench.registry import Plugins
+
+    plugins = Plugins(load_third_party=False)
+    kept = KeepsWhatItBuilds()
+    plugins.backbones.register(kept)
+    monkeypatch.setattr(tlbench.cli, "_plugins", lambda: plugins)
+    result = CliRunner().invoke(tlbench.cli.cli, ["run", "-q", "-s", strategy, "-b", f"kept:test_efficientnet@"
+                                                  f"{tiny_weights}", "-d", "synthetic", "--epochs", "1",
+                                                  "--results-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    model, before = kept.built[-1]
+    after = dict(model.named_buffers())
+    changed = {name for name, value in before.items() if not torch.equal(after[name], value)}
+    assert len(before) > 10
+    if statistics == "kept":
+        assert not changed, f"{strategy}: BatchNorm statistics changed in {sorted(changed)[:3]}"
+    else:
+        assert changed == set(before), f"{strategy}: statistics not trained in {sorted(set(before) - changed)[:3]}"
 
 
 def test_frozen_timm_backbone_stays_bit_identical_through_the_real_training_loop(tiny_weights):

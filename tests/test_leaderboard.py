@@ -38,12 +38,17 @@ def test_single_seed_says_n1_instead_of_zero_spread():
     assert "n=1" in text and "±" not in text
 
 
-def test_failed_trials_are_marked_not_hidden():
+def test_failed_trials_are_marked_in_their_own_row_not_hidden():
     records = [record("full", 0, 0.7), record("full", 1, None, status="failed"),
-               record("partial", 0, None, status="diverged")]
-    text = render(records, "github")
-    assert "1 failed" in text
-    assert "FAILED" in text and "1 diverged" in text
+               record("partial", 0, None, status="diverged"), record("frozen", 0, 0.6)]
+    rows = {r["strategy"]: r for r in json.loads(render(records, "json"))}
+    assert rows["full"]["status"] == "1 failed" and rows["full"]["n"] == 1, "the ok seed still counts"
+    assert rows["partial"]["status"] == "1 diverged" and rows["partial"]["test"] is None
+    assert rows["frozen"]["status"] == "ok"
+    lines = {line.split("|")[3].strip(): line for line in render(records, "github").splitlines()[2:]}
+    assert "1 failed" in lines["full"] and "70.0" in lines["full"] and "FAILED" not in lines["full"]
+    assert "FAILED" in lines["partial"] and "1 diverged" in lines["partial"]
+    assert "FAILED" not in lines["frozen"] and "failed" not in lines["frozen"] and "diverged" not in lines["frozen"]
 
 
 def test_csv_and_unknown_inputs():
@@ -55,8 +60,24 @@ def test_csv_and_unknown_inputs():
         render([record("full", 0, 0.7)], "github", columns=["nope"])
 
 
-def test_t_quantiles():
-    assert t95(1) == 12.706 and t95(2) == 4.303 and t95(100) == 1.96
+def test_t_quantiles_match_student_t_for_any_number_of_seeds():
+    stats = pytest.importorskip("scipy.stats")
+    for dof in [*range(1, 61), 99, 250, 1000]:
+        assert t95(dof) == pytest.approx(stats.t.ppf(0.975, dof), abs=6e-4), dof
+
+
+@pytest.mark.parametrize("values", [[0.70, 0.72, 0.74], [0.61, 0.64, 0.60, 0.66, 0.63],
+                                    [0.5 + 0.01 * (i % 7) for i in range(40)]])
+def test_interval_is_the_student_t_interval(values):
+    """Against scipy's t-interval (the 40-seed case is where a normal approximation would be 3% too narrow)."""
+    stats = pytest.importorskip("scipy.stats")
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=statistics.fmean(values), scale=stats.sem(values))
+    row = json.loads(render([record("full", seed, v) for seed, v in enumerate(values)], "json"))[0]["test"]
+    assert row["n"] == len(values)
+    assert row["mean"] - row["ci95"] == pytest.approx(low, rel=2e-4)
+    assert row["mean"] + row["ci95"] == pytest.approx(high, rel=2e-4)
+    text = render([record("full", seed, v) for seed, v in enumerate(values)], "github")
+    assert f"[{100 * low:.1f}, {100 * high:.1f}]" in text
 
 
 def test_cached_feature_throughput_is_marked_as_head_only():

@@ -64,12 +64,25 @@ def test_parse_overrides_types_and_errors():
         parse_overrides(["epochs"])
 
 
-def test_trial_record_carries_everything_needed_to_rerun():
-    trial = grid(strategies=(("partial", Partial()),))[0]
-    rec = trial.to_record()
-    assert rec["key"] == trial.key and rec["protocol"] == dict(PROTOCOL_DEFAULTS)
-    assert rec["hparams"] == Partial.defaults and rec["data"] == DATA.defaults and rec["seed"] == 0
-    assert Trial(**{k: getattr(trial, k) for k in trial.__dataclass_fields__}).key == trial.key
+@pytest.mark.parametrize("overrides", [[], ["epochs=3", "partial.lr=3e-4", "partial.batchnorm=train",
+                                              "data.augment=flip", "image_size=none"]])
+def test_trial_record_carries_everything_needed_to_rerun(overrides):
+    """A record is JSON on disk: the trial rebuilt from the parsed JSON alone has the same key, group and label."""
+    import json
+
+    trial = grid(parse_overrides(overrides), strategies=(("partial", Partial()),))[0]
+    rec = json.loads(json.dumps(trial.to_record()))
+    assert rec["key"] == trial.key and rec["seed"] == 0
+    assert rec["protocol"] == {**PROTOCOL_DEFAULTS, **trial.protocol} and rec["data"] == dict(trial.data_options)
+    rebuilt = Trial(dataset=rec["dataset"], backbone=rec["backbone"], strategy=rec["strategy"], seed=rec["seed"],
+                    protocol=rec["protocol"], hparams=rec["hparams"], data_options=rec["data"],
+                    overrides=rec["overrides"])
+    assert (rebuilt.key, rebuilt.group, rebuilt.label) == (rec["key"], rec["group"], rec["label"])
+    # and the same settings given again as --set values (what `tlbench rerun` does) build the same trial
+    again = [f"partial.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in rec["protocol"].items()]
+    again += [f"partial.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in rec["hparams"].items()]
+    again += [f"data.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in rec["data"].items()]
+    assert grid(parse_overrides(again), strategies=(("partial", Partial()),))[0].key == rec["key"]
 
 
 def test_string_settings_keep_the_word_none():

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -84,9 +85,19 @@ def test_check_writable_creates_nothing_and_names_the_fix(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UsageError, match="not a directory.*--results-dir"):
         ResultStore(blocker).check_writable()
-    if os.geteuid() != 0:  # root can write anywhere; the mode check is meaningful for normal users only
-        readonly = tmp_path / "ro"
-        readonly.mkdir()
-        readonly.chmod(0o500)
-        with pytest.raises(UsageError, match="not writable"):
-            ResultStore(readonly).check_writable()
+
+
+def test_check_writable_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch):
+    """Simulated (CI runs as root, which may write anywhere): the directory's permission check says no."""
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == readonly
+                        else real_access(path, mode, **kw))
+    with pytest.raises(UsageError, match=r"results directory .*ro' is not writable; choose another with "
+                                         r"--results-dir"):
+        ResultStore(readonly).check_writable()
+    with pytest.raises(UsageError, match=r"results directory .*ro/new' cannot be created in .*ro'"):
+        ResultStore(readonly / "new").check_writable()
+    assert list(readonly.iterdir()) == []
+    ResultStore(tmp_path / "elsewhere").check_writable()  # the real check still passes where writing works
