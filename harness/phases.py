@@ -204,7 +204,7 @@ def _recalibration(applied: AppliedPhase, train_model: Callable, prep: DevicePre
     def before_eval() -> None:
         for layer in applied.recalibrate:
             layer.train()
-        batches = (prep.eval(splits.train_images[lo:lo + batch]) for lo in range(0, count, batch))
+        batches = (prep.eval(splits.train_images[lo:min(lo + batch, count)]) for lo in range(0, count, batch))
         recalibrate_batchnorm(applied.recalibrate, train_model, batches)
         for layer in applied.recalibrate:
             layer.eval()

@@ -292,8 +292,6 @@ def test_recalibrate_reestimates_batchnorm_statistics_before_every_evaluation(tm
         assert not any(matches), "with 'train' the statistics are a running average over training batches"
 
 
-@pytest.mark.xfail(strict=True, reason="harness/runner.py recalibrates on whole batches: recalibrate_images=12 with "
-                                       "batch_size=8 uses 16 images (range(0, 12, 8) -> slices [0:8], [8:16])")
 def test_recalibrate_uses_exactly_recalibrate_images(tmp_path, monkeypatch):
     from tlbench.plugins.synthetic import Synthetic
 
