@@ -218,16 +218,20 @@ def _pin_frozen_subtrees(module: nn.Module, prefix: str, trainable: set[str]) ->
 @torch.no_grad()
 def recalibrate_batchnorm(layers: Iterable[_BatchNorm], model: Callable[[torch.Tensor], Any],
                           batches: Iterable[torch.Tensor]) -> None:
-    """Re-estimate running statistics of ``layers`` as a plain average over ``batches`` (forward passes in train
-    mode for these layers; nothing else changes), then restore their momentum."""
+    """Re-estimate running statistics of ``layers`` over ``batches`` (forward passes in train mode for these layers;
+    nothing else changes), weighting each batch by its size so the mean is the mean over all the images, then
+    restore their momentum."""
     layers = list(layers)
     if not layers:
         return
     momenta = {layer: layer.momentum for layer in layers}
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None  # cumulative moving average: every batch weighs the same
+    seen = 0
     for batch in batches:
+        seen += len(batch)
+        for layer in layers:
+            layer.momentum = len(batch) / seen  # running = (seen - n)/seen * running + n/seen * batch statistic
         model(batch)
     for layer, momentum in momenta.items():
         layer.momentum = momentum
