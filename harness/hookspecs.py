@@ -25,6 +25,12 @@ def register_strategies(register: Callable) -> None:
 
     Call ``register(strategy)`` once per strategy, with a :class:`tlbench.Strategy` subclass or instance. Its
     ``name`` must be unique across all plugins. Not firstresult; the return value is ignored.
+
+    A strategy's ``plan(group_names, hparams)`` returns a :class:`tlbench.TrainPlan`: learning rates per group and a
+    BatchNorm policy, optionally narrowed to some parameters (``select``, over :class:`tlbench.ParamRef`), split
+    into ordered :class:`tlbench.Phase` s, with a ``surgery`` before training, a ``loss_term`` and an
+    ``after_training`` step (both over :class:`tlbench.TrainingContext`). ``validate(hparams, protocol)`` rejects
+    impossible settings before anything runs. Each part is documented on its type in ``tlbench.types``.
     """
 
 

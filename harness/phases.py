@@ -8,7 +8,7 @@ and the test pass. The model carries over from phase to phase as it ended (the l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -54,7 +54,6 @@ class PlanOutcome:
     after_training: Mapping[str, Any] | None
     trainable_params: int  # trained in at least one phase
     total_params: int
-    group_of: dict[str, str] = field(repr=False, default_factory=dict)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -186,7 +185,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
         eval_rate = test.images_per_s or final_val.images_per_s
     params = dict(model.named_parameters())
     return PlanOutcome(outcomes, best, final_val, test, eval_rate, feature_seconds, surgery, after_record,
-                       sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()), group_of)
+                       sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()))
 
 
 def _feature_split(inputs: torch.Tensor, labels: torch.Tensor) -> Split:

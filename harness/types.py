@@ -143,6 +143,11 @@ class Phase:
         return self.epochs
 
 
+def _validation_only_after_training() -> float:
+    raise RuntimeError("TrainingContext.evaluate() scores the validation split in after-training steps only; "
+                       "a loss term cannot use it")
+
+
 @dataclass
 class TrainingContext:
     """What a loss term and an after-training step see: the model being trained (after surgery), its parameters
@@ -154,7 +159,7 @@ class TrainingContext:
     parameters: Mapping[str, nn.Parameter]
     group_of: Mapping[str, str]
     initial: Mapping[str, torch.Tensor]
-    evaluate: Callable[[], float] = field(default=lambda: float("nan"))
+    evaluate: Callable[[], float] = field(default=lambda: _validation_only_after_training())
 
     def in_groups(self, *groups: str) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.parameters.items() if self.group_of[n] in groups]
