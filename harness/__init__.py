@@ -3,13 +3,13 @@
 A plugin needs only ``from tlbench import hookimpl`` plus the small public types below.
 """
 from tlbench.hookspecs import hookimpl
-from tlbench.types import (Backbone, BackboneFamily, DatasetFamily, Executor, ImageSplits, ParamRef, Phase,
-                           Preprocessing, Strategy, TrainingContext, TrainPlan, UsageError)
+from tlbench.types import (LINEAR_DEFAULT_INIT, Backbone, BackboneFamily, DatasetFamily, Executor, ImageSplits,
+                           ParamRef, Phase, Preprocessing, Strategy, TrainingContext, TrainPlan, UsageError)
 
 __version__ = "0.1.0"
 # Bump when a change alters what a trial measures: it is part of every trial key, so old records are not reused.
 PROTOCOL_VERSION = 1
 
-__all__ = ["hookimpl", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits", "ParamRef", "Phase",
+__all__ = ["hookimpl", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits", "ParamRef", "Phase",
            "Preprocessing", "Strategy", "TrainingContext", "TrainPlan", "UsageError", "__version__",
            "PROTOCOL_VERSION"]

@@ -215,7 +215,9 @@ class TrialRunner:
             "data": {"sizes": splits.sizes, "classes": splits.classes, "num_classes": num_classes,
                      "source": splits.source, "cache": data.cache, "augment": prep.augment},
             "backbone": {"name": backbone.name, "pretrained": backbone.pretrained, "weights": backbone.weights,
-                         "preprocessing": prep.describe(), "groups": backbone.group_names},
+                         "preprocessing": prep.describe(), "groups": backbone.group_names,
+                         "head": {"module": repr(backbone.head), "init": backbone.head_init or "not stated by "
+                                  "the backbone plugin"}},
             "runtime": {  # what actually ran, after "auto" settings were resolved for this device
                 "device": str(self.device), "eval_batch_size": protocol["eval_batch_size"],
                 "amp": resolve_amp(self.device, protocol["amp"]),

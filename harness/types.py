@@ -45,6 +45,10 @@ class Preprocessing:
         return asdict(self)
 
 
+# A fresh ``nn.Linear`` head as PyTorch initialises it (timm's reset_classifier and torchvision heads alike).
+LINEAR_DEFAULT_INIT = "torch.nn.Linear default: weight kaiming_uniform_(a=sqrt(5)), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))"
+
+
 @dataclass
 class Backbone:
     """A built model with a fresh head for the task, plus what the harness needs to train it fairly.
@@ -63,6 +67,7 @@ class Backbone:
     head: nn.Module
     pretrained: bool
     weights: dict[str, Any] = field(default_factory=dict)  # source, file, sha256 of the loaded weights
+    head_init: str = ""  # how the fresh head was initialised (recorded: it changes the numbers)
 
     @property
     def group_names(self) -> list[str]:

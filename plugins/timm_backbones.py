@@ -21,7 +21,7 @@ from timm.models import group_parameters
 from timm.models._builder import _resolve_pretrained_source  # timm's own choice of weight source (hub, url, file)
 from torch import nn
 
-from tlbench import Backbone, Preprocessing, UsageError, hookimpl
+from tlbench import LINEAR_DEFAULT_INIT, Backbone, Preprocessing, UsageError, hookimpl
 from tlbench.digests import file_sha256
 
 
@@ -102,6 +102,7 @@ def backbone_from_timm_model(name: str, model: nn.Module, pretrained: bool, weig
         head=model.get_classifier(),
         pretrained=pretrained,
         weights=weights,
+        head_init=f"timm reset_classifier: {LINEAR_DEFAULT_INIT}",
     )
 
 

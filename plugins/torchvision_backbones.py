@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
-from tlbench import Backbone, Preprocessing, UsageError, hookimpl
+from tlbench import LINEAR_DEFAULT_INIT, Backbone, Preprocessing, UsageError, hookimpl
 from tlbench.digests import file_sha256
 from tlbench.plugins.timm_backbones import one_line
 
@@ -195,6 +195,7 @@ class TorchvisionBackbones:
             head=model.get_submodule(layout.head),
             pretrained=pretrained,
             weights=record,
+            head_init=f"new {layout.head}: {LINEAR_DEFAULT_INIT}",
         )
 
 

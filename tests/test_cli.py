@@ -65,6 +65,7 @@ def test_every_registered_strategy_learns_and_records_everything(grid_run, strat
     assert all(p["trainable_params"] <= m["params"]["trainable"] for p in phases)
     assert record["data"]["sizes"] == {"train": 128, "val": 32, "test": 32}
     assert record["backbone"]["preprocessing"]["mean"]
+    assert "kaiming_uniform_(a=sqrt(5))" in record["backbone"]["head"]["init"], "the head's init is recorded"
     assert bool(record["backbone"]["weights"].get("sha256")) == record["backbone"]["pretrained"]
     env = record["environment"]
     assert env["torch"] and env["timm"] and env["tlbench"] and env["device_type"] == "cpu"
