@@ -416,13 +416,13 @@ def test_full_finetune_end_to_end(benchmark, plugins, jpeg_folder, lesson, repor
 
 
 # ========================================================================= 4. a whole default `tlbench run --all`
-GOAL_RUN_ALL_S = 180.0  # README, "Defaults and why": the whole default run takes under 3 minutes on a 2-core CPU
-TOLERANCE_RUN_ALL_S = 18.0  # 10%: start-up and load on an otherwise idle machine
+GOAL_RUN_ALL_S = 480.0  # issue 14: `tlbench run --all`, now eleven strategies, under 8 minutes on a 2-core CPU
+TOLERANCE_RUN_ALL_S = 48.0  # 10%: start-up and load on an otherwise idle machine
 @pytest.mark.slow
 def test_run_all_wall_time(benchmark, fmnist, bench_environment, report, tmp_path):
     """``tlbench run --all`` in a subprocess: every built-in strategy x efficientnet_lite0 on fashion-mnist with
     the default protocol, a fresh results folder, the (warm) dataset cache of this session. Reports seconds and
-    the leaderboard it printed. Goal: under 3 minutes (README). Takes minutes: deselect with ``-m "not slow"``."""
+    the leaderboard it printed. Goal: under 8 minutes (README). Takes minutes: deselect with ``-m "not slow"``."""
     exe = shutil.which("tlbench")
     command = [exe] if exe else [sys.executable, "-c", "from tlbench.cli import main; main()"]
     command += ["run", "--all", "--results-dir", str(tmp_path / "results")]

@@ -203,6 +203,10 @@ class TrainPlan:
 
     BATCHNORM_POLICIES: ClassVar[tuple[str, ...]] = BATCHNORM_POLICIES
 
+    def __post_init__(self) -> None:
+        if self.phases and (self.learning_rates or self.select is not None):
+            raise UsageError("a TrainPlan takes learning_rates/select or phases, not both: put them in the Phase(s)")
+
     def all_phases(self) -> list[Phase]:
         if self.phases:
             return list(self.phases)

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import tlbench.phases
-from tlbench import ParamRef, Phase, Strategy, TrainingContext, TrainPlan, UsageError, hookimpl
+from tlbench import Phase, Strategy, TrainingContext, TrainPlan, UsageError, hookimpl
 from tlbench.cli import cli
 from tlbench.freeze import apply_phase
 from tlbench.phases import apply_surgery, run_plan
@@ -303,8 +303,8 @@ def test_select_accepts_a_regex_and_refuses_a_plan_that_trains_nothing(tiny_weig
     assert not applied.head_only
     with pytest.raises(UsageError, match="selects no parameter"):
         apply_phase(backbone.model, group_of, backbone.group_names, Phase({"head": 1e-3}, select="nothing"), 0.0)
-    with pytest.raises(TypeError):
-        ParamRef("x", None, None)  # type: ignore[call-arg]  # group is required
+    with pytest.raises(UsageError, match="not both"):
+        TrainPlan({"head": 1e-3}, phases=[Phase({"head": 1e-3})])
 
 
 class NeedsLongRuns(Strategy):
