@@ -223,6 +223,25 @@ def test_best_epoch_is_chosen_on_validation_restored_and_test_scored_once(tmp_pa
     assert sorted(body_test) == list(range(SPLIT_SIZE))
 
 
+def test_best_epoch_across_phases_skips_unselectable_phases(tmp_path, monkeypatch):
+    """lp-ft: 2 probe epochs (head only, on cached features, not selectable) then 3 fine-tuning epochs. Epoch 2
+    (probe) ties epoch 4 (fine-tune) for the best validation score: the probe's epoch may not be chosen."""
+    backbones = ScriptedBackbones()
+    results = tmp_path / "results"
+    run_cli(monkeypatch, plugins_with(backbones, MarkedData()), "-s", "lp-ft", "-b", "scripted", "-d", "marked",
+            "--epochs", 3, "--set", "lp-ft.probe_epochs=2", "--set", "batch_size=4", "--results-dir", results)
+    (record,) = records_in(results)
+    m = record["metrics"]
+    assert [h["val_top1"] for h in m["history"]] == list(VAL_SCRIPT)
+    assert [h["phase"] for h in m["history"]] == ["probe"] * 2 + ["fine-tune"] * 3
+    assert [p["feature_cache"] for p in record["plan"]["phases"]] == [True, False]
+    assert m["best_epoch"] == 4 and m["test_top1"] == TEST_SCRIPT[3], "the best selectable epoch, restored"
+    head = [e for e in backbones.built[-1].events if e[0] in ("train", "eval")]
+    test_seen = [i for kind, _, marks, index in head if kind == "eval" for mark, i in zip(marks, index)
+                 if mark == MARK["test"]]
+    assert sorted(test_seen) == list(range(SPLIT_SIZE)), "the test split is scored once"
+
+
 # ----------------------------------------------------------------------------------- 2. batchnorm=recalibrate
 class BatchNormProbe(nn.Module):
     """BatchNorm straight on the preprocessed image, so its recalibrated statistics are known: the per-channel

@@ -419,3 +419,27 @@ def test_feature_cache_sees_the_model_after_surgery(contract_plugins, tiny_backb
     assert altered["plan"]["surgery"] == {"zeroed": "conv_stem.weight"}
     assert records["frozen"]["metrics"]["test_top1"] > 0.5 >= altered["metrics"]["test_top1"], \
         "constant features cannot separate the classes"
+
+
+def test_a_later_phase_unfreezes_what_an_earlier_phase_froze(tiny_weights):
+    """Freezing is reversible: after a head-only phase (backbone pinned in eval mode), a phase with
+    batchnorm=train trains the backbone's BatchNorm statistics again."""
+    backbone = build(tiny_weights)
+    stats = lambda: {k: v.clone() for k, v in backbone.model.state_dict().items() if "running_mean" in k}  # noqa
+    start = stats()
+    seen = []
+    real_fit = tlbench.phases.fit
+
+    def recording_fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        seen.append(stats())
+        return result
+
+    plan = TrainPlan(phases=[Phase({"head": 0.03}, "frozen", 1, name="probe"),
+                             Phase({g: 0.01 for g in backbone.group_names}, "train", 1, name="all")])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tlbench.phases, "fit", recording_fit)
+        train(backbone, plan, epochs=1)
+    after_probe, after_all = seen
+    assert not changed(start, after_probe), "pinned in eval mode during the head-only phase"
+    assert changed(after_probe, after_all) == set(start), "every BatchNorm layer trains its statistics in phase 2"
