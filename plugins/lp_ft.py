@@ -25,6 +25,9 @@ class LinearProbeThenFineTune(Strategy):
         if isinstance(length, bool) or not isinstance(length, (int, float)) or length <= 0:
             raise UsageError(f"lp-ft.probe_epochs must be an int (epochs) or a float (fraction of the trial's "
                              f"epochs) > 0, got {length!r}; fix it with --set lp-ft.probe_epochs=<value>")
+        if protocol is not None and isinstance(length, float) and round(length * protocol["epochs"]) < 1:
+            raise UsageError(f"lp-ft.probe_epochs={length} of {protocol['epochs']} epochs is less than one epoch; "
+                             f"fix it with --set lp-ft.probe_epochs=<a larger fraction, or an int>")
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
         return TrainPlan(phases=[

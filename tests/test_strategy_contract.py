@@ -381,6 +381,8 @@ def contract_plugins(monkeypatch):
     (["-s", "needs-long-runs", "--epochs", "2"], "needs-long-runs needs epochs >= 3, got 2"),
     (["-s", "old-style", "--set", "old-style.lr=5"], "old-style.lr must be <= 1"),
     (["-s", "phase-too-short", "--epochs", "4"], "has epochs=0.1, which is 0 epoch(s) of the trial's 4"),
+    (["-s", "lp-ft", "--epochs", "4", "--set", "lp-ft.probe_epochs=0.1"],
+     "lp-ft.probe_epochs=0.1 of 4 epochs is less than one epoch"),
 ])
 def test_impossible_settings_fail_before_anything_runs(contract_plugins, tiny_backbone, tmp_path, args, message):
     results = tmp_path / "r"
