@@ -24,13 +24,12 @@ from tlbench.types import Backbone, ImageSplits, TrainingContext, TrainPlan, Usa
 
 @dataclass
 class CachedFeatures:
-    """Pooled features of every split from one frozen backbone, and the images/s of the pass that made them."""
+    """Pooled features of the splits asked for, from one frozen backbone, and the images/s of the last pass that
+    made some of them (the test split's when it was made)."""
 
-    train: torch.Tensor
-    val: torch.Tensor
-    test: torch.Tensor
+    splits: dict[str, torch.Tensor]
     images_per_s: float | None
-    seconds: float  # 0.0 when an earlier trial of the run computed them
+    seconds: float  # spent by this request: 0.0 when an earlier request (or trial of the run) made them all
 
 
 @dataclass
@@ -96,7 +95,7 @@ def apply_surgery(backbone: Backbone, plan: TrainPlan) -> tuple[dict[str, str], 
 def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surgery: Mapping[str, Any] | None,
              model: nn.Module, train_model: Callable[[torch.Tensor], torch.Tensor], prep: DevicePreprocessor,
              splits: ImageSplits, protocol: Mapping[str, Any], *, device: torch.device,
-             generator: torch.Generator, features: Callable[[], CachedFeatures],
+             generator: torch.Generator, features: Callable[[tuple[str, ...]], CachedFeatures],
              progress: Callable[[int], None]) -> PlanOutcome:
     """Train the phases, restore the best epoch, run the after-training step, score the test split once."""
     phases = plan.all_phases()
@@ -135,12 +134,14 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
                       epochs=epochs[index], best=best, snapshot=model, selectable=phase.selectable,
                       first_epoch=first_epoch, phase=label, span=span, loss_term=loss_term)
         if on_features:
-            cached = features()
+            # the test split's features too when this phase's weights may be the ones tested (one pass for all)
+            may_be_tested = phase.selectable and plan.after_training is None
+            cached = features(("train", "val", "test") if may_be_tested else ("train", "val"))
             feature_seconds = (feature_seconds or 0.0) + cached.seconds
-            result = fit(backbone.head, _feature_split(cached.train, splits.train_labels),
-                         _feature_split(cached.val, splits.val_labels), applied.optimizer_groups, protocol,
+            result = fit(backbone.head, _feature_split(cached.splits["train"], splits.train_labels),
+                         _feature_split(cached.splits["val"], splits.val_labels), applied.optimizer_groups, protocol,
                          best_tag=True, **common)
-            flops = train_step_flops(backbone.head, cached.val[:2], num_classes) / 2
+            flops = train_step_flops(backbone.head, cached.splits["val"][:2], num_classes) / 2
         else:
             result = fit(train_model, train, val, applied.optimizer_groups, protocol,
                          before_eval=_recalibration(applied, train_model, prep, splits, protocol),
@@ -175,8 +176,9 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
         use_features = False
     assert final_val is not None
     if use_features:
-        cached = features()
-        test = evaluate(backbone.head, _feature_split(cached.test, splits.test_labels), eval_batch, device,
+        cached = features(("test",))
+        feature_seconds = (feature_seconds or 0.0) + cached.seconds
+        test = evaluate(backbone.head, _feature_split(cached.splits["test"], splits.test_labels), eval_batch, device,
                         autocast, num_classes)
         eval_rate = cached.images_per_s
     else:

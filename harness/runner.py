@@ -203,7 +203,8 @@ class TrialRunner:
                 outcome = run_plan(
                     plan, backbone, group_of, surgery, model, train_model, prep, splits, protocol,
                     device=self.device, generator=generator,
-                    features=lambda: self._features(trial, protocol, backbone, prep, splits, surgery is not None),
+                    features=lambda needed: self._features(trial, protocol, backbone, prep, splits,
+                                                           surgery is not None, needed),
                     progress=progress_bar.update if progress_bar is not None else (lambda n: None))
 
         fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))
@@ -256,24 +257,23 @@ class TrialRunner:
         }
 
     def _features(self, trial: Trial, protocol: dict[str, Any], backbone: Any, prep: DevicePreprocessor,
-                  splits: ImageSplits, changed_by_surgery: bool) -> CachedFeatures:
+                  splits: ImageSplits, changed_by_surgery: bool, needed: tuple[str, ...]) -> CachedFeatures:
         """Frozen backbone in eval mode and no augmentation: its features are a pure function of the image, so
         they are computed once per (backbone weights, data, preprocessing) and shared by the run's trials (a model
-        changed by surgery only within its own trial)."""
+        changed by surgery only within its own trial). Only the splits ``needed`` are computed, each once."""
         key = json.dumps([backbone.name, backbone.weights, backbone.pretrained or trial.seed,
                           self.data_key(trial), prep.describe(), protocol["amp"],
                           trial.key if changed_by_surgery else None], sort_keys=True, default=str)
-        if key in self._features_cache:
-            cached = self._features_cache[key]
-            return CachedFeatures(cached.train, cached.val, cached.test, cached.images_per_s, 0.0)
-        autocast = autocast_context(self.device, protocol["amp"])
-        backbone.model.eval()
-        features, rate = {}, None
-        with Stopwatch(self.device) as watch:
-            for split in ("train", "val", "test"):
-                features[split], rate = extract_features(backbone.pre_logits, getattr(splits, f"{split}_images"),
-                                                         prep.eval, protocol["eval_batch_size"], self.device,
-                                                         autocast)
-        cached = CachedFeatures(features["train"], features["val"], features["test"], rate, watch.seconds)
-        self._features_cache[key] = cached
-        return cached
+        cached = self._features_cache.setdefault(key, CachedFeatures({}, None, 0.0))
+        missing = [split for split in ("train", "val", "test") if split in needed and split not in cached.splits]
+        seconds = 0.0
+        if missing:
+            autocast = autocast_context(self.device, protocol["amp"])
+            backbone.model.eval()
+            with Stopwatch(self.device) as watch:
+                for split in missing:
+                    cached.splits[split], cached.images_per_s = extract_features(
+                        backbone.pre_logits, getattr(splits, f"{split}_images"), prep.eval,
+                        protocol["eval_batch_size"], self.device, autocast)
+            seconds = watch.seconds
+        return CachedFeatures(cached.splits, cached.images_per_s, seconds)

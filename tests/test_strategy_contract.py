@@ -47,12 +47,12 @@ def train(backbone, plan, epochs=2, protocol=None, data=None, feature_cache=True
     group_of, surgery = apply_surgery(backbone, plan)
     prep = DevicePreprocessor(backbone.preprocessing.resized(32))
 
-    def features():
+    def features(needed):
         from tlbench.trainer import extract_features
         backbone.model.eval()
         made = {s: extract_features(backbone.pre_logits, getattr(data, f"{s}_images"), prep.eval, 32, CPU,
-                                    lambda: torch.autocast("cpu", enabled=False))[0] for s in ("train", "val", "test")}
-        return tlbench.phases.CachedFeatures(made["train"], made["val"], made["test"], None, 0.0)
+                                    lambda: torch.autocast("cpu", enabled=False))[0] for s in needed}
+        return tlbench.phases.CachedFeatures(made, None, 0.0)
 
     return run_plan(plan, backbone, group_of, surgery, backbone.model, backbone.model, prep, data, protocol,
                     device=CPU, generator=torch.Generator().manual_seed(0), features=features,
