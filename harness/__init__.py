@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 # Bump when a change alters what a trial measures: it is part of every trial key, so old records are not reused.
 PROTOCOL_VERSION = 1
 
-__all__ = ["hookimpl", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits", "ParamRef", "Phase",
+from tlbench.grid import GridResult, run_grid  # noqa: E402  (the library entry point; needs the names above)
+
+__all__ = ["run_grid", "GridResult", "hookimpl", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits", "ParamRef", "Phase",
            "Preprocessing", "Strategy", "TrainingContext", "TrainPlan", "UsageError", "__version__",
            "PROTOCOL_VERSION"]

@@ -11,8 +11,7 @@ import click
 
 from tlbench.types import UsageError
 
-DEFAULT_DATASET = "fashion-mnist"
-DEFAULT_BACKBONES = ("efficientnet_lite0",)
+from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET
 LIST_KINDS = ("strategies", "backbones", "datasets", "executors")
 
 
@@ -117,26 +116,36 @@ def cli() -> None:
     """
 
 
-def _progress_factory(quiet: bool):
-    def progress(label: str, total: int):
-        if quiet:
-            from contextlib import nullcontext
+class _PrintingReporter:
+    """Prints the grid as it goes, on stderr: one line per trial, the same whichever executor ran it."""
 
-            return nullcontext(None)
-        return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
-                                 item_show_func=None)
-    return progress
+    def grid_started(self, result: Any) -> None:
+        where = result.device if result.executor == "local" else f"executor {result.executor}"
+        click.echo(f"tlbench: {len(result.trials)} trial(s), {result.skipped} already done, {result.pending} to run "
+                   f"on {where}; results in {result.results_dir}", err=True)
+
+    def trial_finished(self, record: Any) -> None:
+        click.echo(_trial_line(record), err=True)
+
+    def trial_busy(self, job: Any) -> None:
+        click.echo(f"    busy  {job.key}: another tlbench process is running it", err=True)
+
+    def message(self, text: str) -> None:
+        click.echo(f"tlbench: {text}", err=True)
 
 
-def _trial_line(record: dict[str, Any]) -> str:
-    trial = record["trial"]
-    where = f"{trial['dataset']} / {trial['backbone']} / {trial['label']} / seed {trial['seed']}"
-    metrics = record.get("metrics", {})
-    if record["status"] != "ok":
-        return f"{record['status'].upper():>8}  {where}: {record.get('error', '')}"
-    return (f"      ok  {where}: val {100 * metrics['val_top1']:.1f}%  test {100 * metrics['test_top1']:.1f}%  "
-            f"(best epoch {metrics['best_epoch']}/{metrics['epochs']}, {metrics['wall_s']:.1f} s"
-            f"{', cached features' if metrics.get('feature_cache') else ''})")
+def _warn_line(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+def _trial_line(record: Any) -> str:
+    trial, metrics = record.trial, record.metrics
+    where = f"{trial.dataset} / {trial.backbone} / {trial.label} / seed {trial.seed}"
+    if not record.ok:
+        return f"{record.status.upper():>8}  {where}: {record.error or ''}"
+    return (f"      ok  {where}: val {100 * metrics.val_top1:.1f}%  test {100 * metrics.test_top1:.1f}%  "
+            f"(best epoch {metrics.best_epoch}/{metrics.epochs}, {metrics.wall_s or 0.0:.1f} s"
+            f"{', cached features' if metrics.feature_cache else ''})")
 
 
 @cli.command()
@@ -152,10 +161,14 @@ def _trial_line(record: dict[str, Any]) -> str:
 @click.option("--seed", "first_seed", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--epochs", type=int, default=None, help="Shortcut for --set epochs=N.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting: epochs=5, full.lr=3e-4, frozen.epochs=20, data.train_size=2000.")
+              help="Override a setting: epochs=5, full.lr=3e-4, frozen.epochs=20, data.train_size=2000, "
+                   "executor.workers=2.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records go [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
-@click.option("--executor", default="local", show_default=True, help="How trials are run.")
+@click.option("--executor", default="local", show_default=True,
+              help="How trials are run: local, process, ray, slurm (see `tlbench list executors`).")
+@click.option("--workers", type=int, default=None,
+              help="Trials at a time, for executors that run several (shortcut for --set executor.workers=N).")
 @click.option("--device", default=None, help="cpu or cuda[:N] [default: cuda if available].")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (recorded).")
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms, no cudnn benchmarking (recorded).")
@@ -165,32 +178,20 @@ def _trial_line(record: dict[str, Any]) -> str:
 @click.option("--format", "fmt", default="github", show_default=True, help="Leaderboard format at the end.")
 def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], datasets: tuple[str, ...],
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,
-        executor: str, device: str | None, use_compile: bool, deterministic: bool, force: bool,
-        retry_failed: bool, quiet: bool, fmt: str) -> None:
-    """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped."""
-    from tlbench.leaderboard import FORMATS, render
-    from tlbench.plan import build_trials, parse_overrides
-    from tlbench.runner import TrialRunner, pick_device, resolve
-    from tlbench.store import ResultStore, default_results_dir
+        executor: str, workers: int | None, device: str | None, use_compile: bool, deterministic: bool,
+        force: bool, retry_failed: bool, quiet: bool, fmt: str) -> None:
+    """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
-    plugins = _plugins()
-    plugins.require_valid()
-    hint = plugins.failure_hint()
+    The grid logic is the library call ``tlbench.run_grid``; this command parses, prints and sets the exit code.
+    """
+    from tlbench.grid import run_grid
+    from tlbench.leaderboard import FORMATS, render
+    from tlbench.plan import parse_overrides
+
     if fmt not in FORMATS:
         _fail(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not strategies and not run_all:
         _fail("choose strategies with -s NAME (see `tlbench list strategies`) or run everything with --all")
-    if seeds < 1:
-        _fail(f"--seeds must be >= 1, got {seeds}")
-    strategy_names = list(dict.fromkeys(strategies)) or plugins.strategies.names()
-    chosen_strategies = [(name, plugins.strategies.get(name, hint)) for name in strategy_names]
-    backbone_names = list(dict.fromkeys(backbones)) or list(DEFAULT_BACKBONES)
-    for name in backbone_names:
-        resolve(plugins.backbones, name, hint)
-    dataset_names = list(dict.fromkeys(datasets)) or [DEFAULT_DATASET]
-    chosen_datasets = [(name, resolve(plugins.datasets, name, hint)[0]) for name in dataset_names]
-    chosen_executor = plugins.executors.get(executor, hint)
-
     overrides = parse_overrides(settings)
     if epochs is not None:
         overrides["epochs"] = epochs
@@ -198,72 +199,30 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         overrides["compile"] = True
     if deterministic:
         overrides["deterministic"] = True
-    trials = build_trials(datasets=chosen_datasets, backbones=backbone_names, strategies=chosen_strategies,
-                          seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
-                          registered_strategies=plugins.strategies.names())
-
-    store = ResultStore(results_dir or default_results_dir())
-    store.check_writable()
-    command = "tlbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-    runner = TrialRunner(plugins, store, pick_device(device), _progress_factory(quiet), command)
-
-    def already_done(existing: dict[str, Any] | None) -> bool:
-        """A record exists and this run is not asked to redo it (--force: all; --retry-failed: failed ones)."""
-        return existing is not None and not force and (existing.get("status") == "ok" or not retry_failed)
-
-    pending, skipped, failed_before = [], 0, []
-    for trial in trials:
-        existing = store.read(trial.key)
-        if already_done(existing):
-            skipped += 1
-            if existing.get("status") != "ok":
-                failed_before.append(existing)
-            continue
-        pending.append(trial)
-    if pending:
-        runner.check(pending)  # bad data or impossible plans fail here, before anything is written
-    store.create()
-
-    click.echo(f"tlbench: {len(trials)} trial(s), {skipped} already done, {len(pending)} to run "
-               f"on {runner.device.type}; results in {store.root}", err=True)
-    outcome = {"ok": 0, "failed": [], "busy": 0}
-    started = time.perf_counter()
-
-    def run_trial(trial):
-        if not store.claim(trial.key):
-            outcome["busy"] += 1
-            click.echo(f"    busy  {trial.key}: another tlbench process is running it", err=True)
-            return None
-        try:
-            existing = store.read(trial.key)  # another process may have finished it while we waited
-            if already_done(existing):
-                return existing
-            record = runner.run(trial)
-        finally:
-            store.release(trial.key)
-        click.echo(_trial_line(record), err=True)
-        if record["status"] == "ok":
-            outcome["ok"] += 1
-        else:
-            outcome["failed"].append(record)
-        return record
-
-    chosen_executor.execute(pending, run_trial)
-    elapsed = time.perf_counter() - started
-    keys = {t.key for t in trials}
-    records = [r for r in store.records() if r["key"] in keys]
-    table = render(records, fmt)
+    options = {"workers": workers} if workers is not None else {}
+    result = run_grid(strategies, backbones, datasets, seeds=seeds, first_seed=first_seed, settings=overrides,
+                      results_dir=results_dir, executor=executor, executor_options_=options, device=device,
+                      force=force, retry_failed=retry_failed, progress="off" if quiet else "auto",
+                      reporter=_PrintingReporter(), plugins=_plugins(), warn=_warn_line)
+    table = render(result.records, fmt)
     if table:
         click.echo(table)
-    failed = outcome["failed"]
-    click.echo(f"tlbench: {outcome['ok']} ok, {len(failed)} failed, {skipped} skipped (done before), "
-               f"{outcome['busy']} busy elsewhere, in {elapsed:.1f} s", err=True)
-    for record in failed + failed_before:
-        earlier = " (earlier run; --retry-failed re-runs it)" if record in failed_before else ""
-        click.echo(f"  {record.get('status', 'failed')}: {record['trial']['label']} seed {record['trial']['seed']} "
-                   f"on {record['trial']['backbone']}{earlier}: {record.get('error')}", err=True)
-    if failed or failed_before:  # the grid is not all good while any of its cells failed, now or before
-        sys.exit(1)
+    counts = (f"{len(result.ok)} ok, {len(result.failed)} failed, {result.skipped} skipped (done before), "
+              f"{result.done_elsewhere} done by another process, in {result.elapsed_s:.1f} s")
+    click.echo(f"tlbench: {counts}", err=True)
+    for record in result.failed + result.failed_before:
+        earlier = " (earlier run; --retry-failed re-runs it)" if record in result.failed_before else ""
+        click.echo(f"  {record.status}: {record.trial.label} seed {record.trial.seed} on {record.trial.backbone}"
+                   f"{earlier}: {record.error}", err=True)
+    if result.aborted:
+        click.echo(f"tlbench: stopped: {result.aborted}", err=True)
+    if result.missing and not result.aborted:
+        click.echo(f"tlbench: {len(result.missing)} trial(s) have no record: {', '.join(result.missing[:5])}", err=True)
+    if result.interrupted or result.aborted:
+        click.echo(f"tlbench: stopped by {result.interrupted or 'an error'}; finished records are kept; resume "
+                   f"with: {result.resume_command}", err=True)
+    if result.exit_code:
+        sys.exit(result.exit_code)
 
 
 @cli.command(name="list")
@@ -325,7 +284,7 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
         return
     chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else (
         WIDE_COLUMNS if wide else DEFAULT_COLUMNS)
-    store = ResultStore(results_dir or default_results_dir())
+    store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
     text = render(store.records(), fmt, chosen, dataset)
@@ -342,13 +301,12 @@ def rerun(key: str, results_dir: Path | None, print_only: bool) -> None:
     """Re-run the trial of a record (by key) with exactly its recorded settings."""
     from tlbench.store import ResultStore, default_results_dir
 
-    store = ResultStore(results_dir or default_results_dir())
-    matches = [p for p in store.root.glob(f"{key}*.json")] if store.root.is_dir() else []
+    store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
+    matches = sorted({r.key for r in store.records() if r.key.startswith(key)}) if key else []
     if len(matches) != 1:
-        _fail(f"{'no' if not matches else 'more than one'} record matches key {key!r} in {str(store.root)!r}")
-    record = store.read(matches[0].stem)
-    if record is None:
-        _fail(f"{matches[0]} is not a readable tlbench record")
+        _fail(f"{'no valid' if not matches else 'more than one'} record matches key {key!r} in "
+              f"{str(store.root)!r}")
+    record = next(r for r in store.records() if r.key == matches[0])
     args = rerun_arguments(record, store.root)
     if print_only:
         click.echo("tlbench " + " ".join(shlex.quote(a) for a in args))
@@ -357,17 +315,17 @@ def rerun(key: str, results_dir: Path | None, print_only: bool) -> None:
     ctx.invoke(run, **_run_params(args, ctx))
 
 
-def rerun_arguments(record: dict[str, Any], results_dir: Path) -> list[str]:
+def rerun_arguments(record: Any, results_dir: Path) -> list[str]:
     """The `tlbench run` arguments that reproduce a record's trial: every setting is passed explicitly, so a later
     change of defaults cannot change what is re-run."""
-    trial = record["trial"]
-    args = ["run", "-s", trial["strategy"], "-b", trial["backbone"], "-d", trial["dataset"], "--seed",
-            str(trial["seed"]), "--results-dir", str(results_dir), "--force"]
-    for key, value in sorted(trial["protocol"].items()):
-        args += ["--set", f"{trial['strategy']}.{key}={_as_setting(value)}"]
-    for key, value in sorted(trial["hparams"].items()):
-        args += ["--set", f"{trial['strategy']}.{key}={_as_setting(value)}"]
-    for key, value in sorted(trial["data"].items()):
+    trial = record.trial
+    args = ["run", "-s", trial.strategy, "-b", trial.backbone, "-d", trial.dataset, "--seed",
+            str(trial.seed), "--results-dir", str(results_dir), "--force"]
+    for key, value in sorted(trial.protocol.items()):
+        args += ["--set", f"{trial.strategy}.{key}={_as_setting(value)}"]
+    for key, value in sorted(trial.hparams.items()):
+        args += ["--set", f"{trial.strategy}.{key}={_as_setting(value)}"]
+    for key, value in sorted(trial.data.items()):
         args += ["--set", f"data.{key}={_as_setting(value)}"]
     return args
 

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from tabulate import tabulate
 
+from tlbench.records import Record
 from tlbench.types import UsageError
 
 FORMATS = ("github", "plain", "simple", "html", "latex", "csv", "json")
@@ -71,26 +72,20 @@ WIDE_COLUMNS = ("test", "n", "ci95", "val", "test5", "epoch", "train_ips", "eval
                 "trainable", "cache", "time", "status")
 
 
-def _get(record: dict[str, Any], dotted: str) -> Any:
-    value: Any = record
-    for part in dotted.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
+def _get(record: Record, dotted: str) -> Any:
+    return record.value(dotted)
 
 
-def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None) -> list[dict[str, Any]]:
+def group_records(records: Iterable[Record], dataset: str | None = None) -> list[dict[str, Any]]:
     """One entry per configuration (same trial identity except the seed), with its ok and failed records."""
     groups: dict[str, dict[str, Any]] = {}
     for record in records:
-        trial = record.get("trial", {})
-        if dataset and trial.get("dataset") != dataset:
+        trial = record.trial
+        if dataset and trial.dataset != dataset:
             continue
-        group = groups.setdefault(trial.get("group", record["key"]), {
-            "dataset": trial.get("dataset"), "backbone": trial.get("backbone"),
-            "strategy": trial.get("label", trial.get("strategy")), "ok": [], "failed": []})
-        (group["ok"] if record.get("status") == "ok" else group["failed"]).append(record)
+        group = groups.setdefault(trial.group, {"dataset": trial.dataset, "backbone": trial.backbone,
+                                                "strategy": trial.label, "ok": [], "failed": []})
+        (group["ok"] if record.ok else group["failed"]).append(record)
     return list(groups.values())
 
 
@@ -110,7 +105,7 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
     if kind == "status":
         statuses = defaultdict(int)
         for record in group["failed"]:
-            statuses[record.get("status", "failed")] += 1
+            statuses[record.status] += 1
         text = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
         return text or "ok"
     values = [v for v in (_get(r, path) for r in ok) if isinstance(v, (int, float))]
@@ -137,7 +132,7 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
     return text
 
 
-def _trained_on_features(record: dict[str, Any]) -> bool:
+def _trained_on_features(record: Record) -> bool:
     """Every phase trained the head on cached features (0.1 records: the one phase did if the cache was used)."""
     phases = _get(record, "plan.phases")
     if isinstance(phases, list) and phases:
@@ -145,7 +140,7 @@ def _trained_on_features(record: dict[str, Any]) -> bool:
     return bool(_get(record, "metrics.feature_cache"))
 
 
-def leaderboard_rows(records: Iterable[dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS,
+def leaderboard_rows(records: Iterable[Record], columns: Sequence[str] = DEFAULT_COLUMNS,
                      dataset: str | None = None, machine: bool = False) -> list[dict[str, Any]]:
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
@@ -153,7 +148,7 @@ def leaderboard_rows(records: Iterable[dict[str, Any]], columns: Sequence[str] =
     groups = group_records(records, dataset)
 
     def sort_key(group: dict[str, Any]) -> tuple:
-        accs = [r["metrics"]["test_top1"] for r in group["ok"] if r.get("metrics", {}).get("test_top1") is not None]
+        accs = [r.metrics.test_top1 for r in group["ok"] if r.metrics.test_top1 is not None]
         return (group["dataset"] or "", -(statistics.fmean(accs) if accs else -1.0), group["backbone"] or "",
                 group["strategy"] or "")
 
@@ -166,7 +161,7 @@ def leaderboard_rows(records: Iterable[dict[str, Any]], columns: Sequence[str] =
     return rows
 
 
-def render(records: Iterable[dict[str, Any]], fmt: str = "github", columns: Sequence[str] = DEFAULT_COLUMNS,
+def render(records: Iterable[Record], fmt: str = "github", columns: Sequence[str] = DEFAULT_COLUMNS,
            dataset: str | None = None) -> str:
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")

@@ -49,12 +49,22 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-class PeakMemory:
-    """Peak memory of one trial. CUDA: max allocated / reserved after a reset. CPU: growth of the process's peak
-    resident set (Linux resets the high-water mark through /proc/self/clear_refs; elsewhere ru_maxrss growth)."""
+def resident_set_kib() -> int:
+    """This process's resident set now (KiB): Linux's VmRSS, elsewhere the peak so far (ru_maxrss)."""
+    current = _rss_kib("VmRSS")
+    return current if current is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    def __init__(self, device: torch.device):
+
+class PeakMemory:
+    """Peak memory of one trial. CUDA: max allocated / reserved after a reset. CPU: the process's peak resident set
+    during the trial (Linux resets the high-water mark through /proc/self/clear_refs; elsewhere ru_maxrss) minus
+    ``baseline_kib`` — the worker process's resident set after its imports — so the figure is what the trial needed
+    in its worker, data and features included, whatever ran before it there. Without a baseline: growth during
+    the trial only (what memory earlier trials freed to the allocator is reused unseen, so this is a lower bound)."""
+
+    def __init__(self, device: torch.device, baseline_kib: int | None = None):
         self.device = device
+        self.baseline_kib = baseline_kib
         self.result: dict[str, Any] = {}
 
     def __enter__(self) -> "PeakMemory":
@@ -85,13 +95,17 @@ class PeakMemory:
         else:
             hwm = _rss_kib("VmHWM") if self._hwm_reset else None
             if hwm is not None:
-                growth = max(0, hwm - self._rss_start) / 1024
-                how = "VmHWM after clear_refs"
+                start, how = self._rss_start, "VmHWM after clear_refs"
                 self.result["peak_rss_mib"] = hwm / 1024  # the whole process, shared data included
             else:
-                growth = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._maxrss_start) / 1024
-                how = "ru_maxrss growth (a lower bound)"
-            self.result.update({"kind": "cpu-rss", "peak_mib": growth, "how": how})
+                hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                start, how = self._maxrss_start, "ru_maxrss (a lower bound)"
+            if self.baseline_kib is not None:
+                start, how = self.baseline_kib, how + " minus the worker's resident set after imports"
+                self.result["baseline_mib"] = self.baseline_kib / 1024
+            else:
+                how += " minus the resident set at the trial's start"
+            self.result.update({"kind": "cpu-rss", "peak_mib": max(0, hwm - start) / 1024, "how": how})
 
 
 def forward_flops(model: torch.nn.Module, example: torch.Tensor) -> int:

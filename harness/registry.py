@@ -113,6 +113,7 @@ class Plugins:
     def __init__(self, load_third_party: bool | None = None):
         if load_third_party is None:
             load_third_party = os.environ.get(DISABLE_ENV, "").strip().lower() not in ("1", "true", "yes")
+        self.load_third_party = load_third_party  # workers of a grid load the same plugin set
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}

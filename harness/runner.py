@@ -22,7 +22,7 @@ from tlbench.phases import CachedFeatures, apply_surgery, run_plan
 from tlbench.plan import Trial
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
-from tlbench.store import ResultStore
+from tlbench.records import SCHEMA_VERSION, Record, RecordError
 from tlbench.trainer import TrialDiverged, autocast_context, extract_features, resolve_amp, resolve_eval_batch_size
 from tlbench.types import ImageSplits, UsageError
 
@@ -39,7 +39,23 @@ def resolve(registry: Any, name: str, hint: str = "") -> tuple[Any, str | None]:
     return family, (argument if sep else None)
 
 
+SUPPORTED_DEVICES = ("cpu", "cuda", "cuda:N")
+
+
+def check_device(requested: str | None) -> None:
+    """The device string names a device tlbench runs on (whether this machine has it is pick_device's check)."""
+    if requested is None:
+        return
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {requested!r}; use one of {', '.join(SUPPORTED_DEVICES)}")
+
+
 def pick_device(requested: str | None) -> torch.device:
+    check_device(requested)
     if requested:
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -63,13 +79,12 @@ def _trial_label(trial: Trial) -> str:
 class TrialRunner:
     """Holds what trials of one run share: decoded datasets on the device and cached frozen features."""
 
-    def __init__(self, plugins: Plugins, store: ResultStore, device: torch.device,
-                 progress: Callable[[str, int], Any] | None = None, command: str = ""):
+    def __init__(self, plugins: Plugins, device: torch.device, progress: Callable[[str, int], Any] | None = None,
+                 memory_baseline_kib: int | None = None):
         self.plugins = plugins
-        self.store = store
         self.device = device
         self.progress = progress
-        self.command = command
+        self.memory_baseline_kib = memory_baseline_kib
         self._data: dict[str, LoadedData] = {}
         self._features_cache: dict[str, CachedFeatures] = {}
         self._environment = environment(device)
@@ -137,11 +152,11 @@ class TrialRunner:
                 pass
 
     # ------------------------------------------------------------------------------------------------- a trial
-    def run(self, trial: Trial) -> dict[str, Any]:
-        """Run the trial (already claimed by the caller) and write its record, ok or failed."""
+    def run(self, trial: Trial, command: str = "") -> Record:
+        """Run the trial and return its record, ok or failed (the driver, which claimed it, writes it)."""
         started = time.perf_counter()
         record: dict[str, Any] = {
-            "key": trial.key, "trial": trial.to_record(), "command": self.command,
+            "schema": SCHEMA_VERSION, "key": trial.key, "trial": trial.to_record(), "command": command,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "environment": self._environment,
         }
@@ -163,8 +178,13 @@ class TrialRunner:
         wall = time.perf_counter() - started
         record.setdefault("metrics", {})["wall_s"] = wall
         record["metrics"].setdefault("time_s", {})["total"] = wall
-        self.store.write(record)
-        return record
+        try:
+            return Record.from_json_dict(json.loads(json.dumps(record, default=str)))
+        except RecordError as exc:  # e.g. a plugin reported a non-finite number: the trial failed, say why
+            return Record.from_json_dict(json.loads(json.dumps({
+                **{k: record[k] for k in ("schema", "key", "trial", "command", "created", "environment")},
+                "status": "failed", "error": f"the trial's record is invalid: {exc}",
+                "metrics": {"wall_s": wall, "time_s": {"total": wall}}}, default=str)))
 
     def _run(self, trial: Trial) -> dict[str, Any]:
         hint = self.plugins.failure_hint()
@@ -177,7 +197,7 @@ class TrialRunner:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not protocol["deterministic"]
 
-        with PeakMemory(self.device) as memory:
+        with PeakMemory(self.device, self.memory_baseline_kib) as memory:
             data = self._data_for_trial(trial)
             splits = data.splits
             num_classes = len(splits.classes)

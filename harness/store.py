@@ -3,22 +3,23 @@
 A record appears whole or not at all (temp file, fsync, rename), so a ``kill -9`` at any moment leaves either the
 old state or the finished record. Two processes on one directory claim a trial with an exclusive lock on
 ``<key>.lock``; the kernel releases it when the process dies, so no claim is ever left stale. Records from two
-machines merge by copying the files into one directory.
+machines merge by copying the files into one directory. Only the driver of a grid claims and writes.
 """
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Callable, Iterable, Iterator
 
+from tlbench.records import KEY_PATTERN, SCHEMA_VERSION, Record, RecordError
 from tlbench.types import UsageError
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "ResultStore", "atomic_write_text", "default_results_dir"]
 RESULTS_ENV = "TLBENCH_RESULTS_DIR"
 DEFAULT_RESULTS_DIR = "tlbench-results"
 
@@ -50,23 +51,46 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class ResultStore:
-    def __init__(self, root: Path | str):
+    """The records of one results directory. Reading never crashes a command: a file that is not a valid record is
+    skipped with one warning line (through ``warn``; by default the ``tlbench`` logger), and records are counted
+    once per trial key however many copies of a record lie in the directory."""
+
+    def __init__(self, root: Path | str, warn: Callable[[str], None] | None = None):
         self.root = Path(root)
         self._claims: dict[str, int] = {}
+        self._warn = warn or logging.getLogger("tlbench").warning
+        self._warned: set[str] = set()
+
+    def warn(self, message: str) -> None:
+        if message not in self._warned:  # once per problem per process, however often the directory is read
+            self._warned.add(message)
+            self._warn(message)
 
     def check_writable(self) -> None:
         """Fail early, before any trial runs and without creating anything, with the one-line fix."""
         target = self.root
-        while not target.exists() and target != target.parent:
+        while not target.exists() and not target.is_symlink() and target != target.parent:
             target = target.parent
         problem = None
         if target == self.root and not target.is_dir():
             problem = "exists and is not a directory"
+        elif not target.is_dir():
+            problem = f"cannot be created in {str(target)!r}: it is a file, not a directory"
         elif not os.access(target, os.W_OK | os.X_OK):
             problem = "is not writable" if target == self.root else f"cannot be created in {str(target)!r}"
         if problem:
             raise UsageError(f"results directory {str(self.root)!r} {problem}; choose another with --results-dir "
                              f"or ${RESULTS_ENV}")
+
+    def check_record_paths(self, keys: Iterable[str]) -> None:
+        """Where a trial's record will go there must be nothing but a record: a directory or other non-file named
+        ``<key>.json`` would make the final rename fail after the trial ran, losing its result."""
+        for key in keys:
+            path = self.path(key)
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                kind = "a directory" if path.is_dir() else "not a regular file"
+                raise UsageError(f"{str(path)!r} is {kind}, but trial {key}'s record must be written there; "
+                                 f"move it away and run again")
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -74,40 +98,87 @@ class ResultStore:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
-    def write(self, record: dict[str, Any]) -> Path:
-        record = {"schema": SCHEMA_VERSION, **record}
-        path = self.path(record["key"])
-        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    def write(self, record: Record) -> Path:
+        """Write atomically (strict JSON: a record with NaN or infinity is refused before anything is written)."""
+        text = record.to_json()
+        path = self.path(record.key)
+        atomic_write_text(path, text)
         return path
 
-    def read(self, key: str) -> dict[str, Any] | None:
+    def read(self, key: str) -> Record | None:
         path = self.path(key)
-        if not path.exists():
+        if not path.is_file():
             return None
-        return self._load(path)
-
-    def _load(self, path: Path) -> dict[str, Any] | None:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            warnings.warn(f"skipping {path}: not a readable JSON record ({exc})", stacklevel=2)
-            return None
-        if not isinstance(record, dict) or record.get("schema") != SCHEMA_VERSION or "key" not in record:
-            warnings.warn(f"skipping {path}: not a tlbench record of schema {SCHEMA_VERSION}", stacklevel=2)
+        record = self._load(path)
+        if record is not None and record.key != key:
+            self.warn(f"skipping {path}: it holds the record of trial {record.key}, not {key}")
             return None
         return record
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def _load(self, path: Path) -> Record | None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.warn(f"skipping {path}: not readable ({type(exc).__name__}: {exc})")
+            return None
+        try:
+            return Record.from_json(text)
+        except RecordError as exc:
+            self.warn(f"skipping {path}: not a valid tlbench record ({exc})")
+            return None
+
+    def records(self) -> Iterator[Record]:
+        """Every valid record, once per trial key. A record in a file not named after its key (a copy, a renamed
+        file) is flagged; it is used only when no file of the right name holds that trial."""
         if not self.root.is_dir():
             return
+        misplaced: dict[str, tuple[Path, Record]] = {}
+        seen: set[str] = set()
         for path in sorted(self.root.glob("*.json")):
+            if not path.is_file():
+                if path.is_dir():
+                    self.warn(f"skipping {path}: a directory, not a record")
+                continue
             record = self._load(path)
-            if record is not None:
-                yield record
+            if record is None:
+                continue
+            if path.stem != record.key:
+                misplaced.setdefault(record.key, (path, record))
+                continue
+            seen.add(record.key)
+            yield record
+        for key, (path, record) in misplaced.items():
+            if key in seen:
+                self.warn(f"ignoring {path}: a copy of trial {key}'s record ({key}.json); counted once")
+                continue
+            self.warn(f"{path} holds trial {key}'s record under another name; counted once (rename it to "
+                      f"{key}.json)")
+            yield record
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove the temporary and lock files that killed runs leave, where no live process holds the trial:
+        the claim is taken before a leftover is removed, so a file a live writer or owner uses is never touched."""
+        removed: list[Path] = []
+        if not self.root.is_dir():
+            return removed
+        for tmp in self.root.glob(".*.json.*.tmp"):
+            key = tmp.name[1:].split(".json.", 1)[0]
+            if KEY_PATTERN.match(key) and key not in self._claims and self.claim(key):
+                try:
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+                finally:
+                    self.release(key)
+        for lock in self.root.glob("*.lock"):
+            if KEY_PATTERN.match(lock.stem) and lock.stem not in self._claims and self.claim(lock.stem):
+                self.release(lock.stem)  # release unlinks the file
+                removed.append(lock)
+        return removed
 
     # ------------------------------------------------------------------------------------------------ claims
-    def claim(self, key: str) -> bool:
-        """Take the trial for this process: False if another live process holds it.
+    def claim(self, key: str, wait: bool = False) -> bool:
+        """Take the trial for this process: False if another live process holds it (with ``wait``: block until it
+        is released, then take it).
 
         An exclusive ``flock`` on ``<key>.lock`` is the claim. The kernel drops it when its process dies, however
         it dies, so a claim can never go stale; the PID written inside is for people reading the directory.
@@ -116,7 +187,7 @@ class ResultStore:
         while True:
             fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 os.close(fd)
                 return False

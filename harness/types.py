@@ -300,10 +300,19 @@ class DatasetFamily(Protocol):
 # --------------------------------------------------------------------------------------------------- executors
 @runtime_checkable
 class Executor(Protocol):
-    """Runs trials. ``run_trial`` does one trial end to end (including writing its record); the executor decides
-    where and in which order. Trials arrive sorted by dataset, then backbone, so device data can be shared."""
+    """Runs trial jobs: ``execute(jobs, session)``. Each job is a :class:`tlbench.jobs.TrialJob` (plain data); the
+    executor gets it run somewhere — this process, a child process, a Ray actor, a Slurm task — by calling the
+    module-level worker :func:`tlbench.jobs.run_job` there, and hands each returned record to the driver:
+    ``session.claim(job)`` before running it (skip the job when False), ``session.finish(job, record)`` after, or
+    ``session.fail(job, reason)`` when no record came back; ``session.run_here(job)`` does all three in this
+    process. Stop dispatching when ``session.stopping`` is true. Jobs arrive sorted by dataset, then backbone
+    (``job.group``), so a worker given one group keeps its data and features warm.
+
+    Optional attributes: ``options`` (a dict of option defaults; users set them with ``--set executor.KEY=VALUE``,
+    and they are recorded), ``check_options(options)`` (raise UsageError for bad values), ``in_process = True``
+    for executors that run jobs in the driver's process."""
 
     name: str
     description: str
 
-    def execute(self, trials: Sequence[Any], run_trial: Callable[[Any], Any]) -> None: ...
+    def execute(self, jobs: Sequence[Any], session: Any) -> None: ...

@@ -2,7 +2,7 @@
 so decoded data and frozen features stay on the device between trials."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from tlbench import hookimpl
 
@@ -10,10 +10,14 @@ from tlbench import hookimpl
 class LocalExecutor:
     name = "local"
     description = "run trials sequentially in this process on its device (CUDA if available, else CPU)"
+    in_process = True  # shares the driver's warm data, features and pre-run check
+    options: dict[str, Any] = {}
 
-    def execute(self, trials: Sequence[Any], run_trial: Callable[[Any], Any]) -> None:
-        for trial in trials:
-            run_trial(trial)
+    def execute(self, jobs: Sequence[Any], session: Any) -> None:
+        for job in jobs:
+            if session.stopping:
+                break
+            session.run_here(job)
 
 
 @hookimpl

@@ -46,3 +46,19 @@ FAST_SETTINGS = ["epochs=4", "scratch.lr=0.01", "full.lr=0.01", "partial.lr=0.01
 @pytest.fixture
 def fast_settings():
     return [arg for setting in FAST_SETTINGS for arg in ("--set", setting)]
+
+
+def record_dict(key="0123456789abcdef0123", status="ok", strategy="full", seed=0, test_top1=0.5, **sections):
+    """A valid schema-2 record as JSON data; tests break one field at a time."""
+    metrics = ({"val_top1": 0.6, "test_top1": test_top1, "best_epoch": 1, "epochs": 2, "wall_s": 1.0,
+                "time_s": {"total": 1.0}} if status == "ok" else {"wall_s": 1.0, "time_s": {"total": 1.0}})
+    return {"schema": 2, "key": key, "status": status, "command": "tlbench run", "created": "2026-11-28T00:00:00+00:00",
+            "trial": {"dataset": "synthetic", "backbone": "b", "strategy": strategy, "seed": seed, "protocol": {},
+                      "hparams": {}, "data": {}, "key": key, "group": "g" * 20, "label": strategy, "overrides": {},
+                      "protocol_version": 1},
+            "metrics": metrics, **({"error": "boom"} if status != "ok" else {}), **sections}
+
+
+@pytest.fixture
+def make_record():
+    return record_dict

@@ -69,7 +69,7 @@ def test_every_registered_strategy_learns_and_records_everything(grid_run, strat
     assert bool(record["backbone"]["weights"].get("sha256")) == record["backbone"]["pretrained"]
     env = record["environment"]
     assert env["torch"] and env["timm"] and env["tlbench"] and env["device_type"] == "cpu"
-    assert record["schema"] == 1 and record["key"] == record["trial"]["key"]
+    assert record["schema"] == 2 and record["key"] == record["trial"]["key"]
     if strategy == "frozen":
         assert m["feature_cache"] is True and m["params"]["trainable"] < m["params"]["total"] / 10
     if strategy == "scratch":

@@ -445,7 +445,7 @@ def test_peak_memory_measures_what_the_trial_allocates(tmp_path, monkeypatch):
                 "-b", "scripted", "-d", "marked", "--epochs", 1, "--set", "batch_size=4", "--results-dir", results)
         (record,) = records_in(results)
         memory = record["metrics"]["peak_memory"]
-        if memory.get("how") != "VmHWM after clear_refs":
+        if not str(memory.get("how")).startswith("VmHWM after clear_refs"):
             pytest.skip(f"peak RSS cannot be reset here ({memory.get('how')}): only a lower bound is recorded")
         assert record["metrics"]["peak_memory_mib"] == memory["peak_mib"]
         peaks[balloon] = memory["peak_mib"]

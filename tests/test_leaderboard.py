@@ -1,5 +1,6 @@
 """The leaderboard is a view over records: grouping over seeds, statistics, failures shown, formats."""
 import csv
+import hashlib
 import io
 import json
 import math
@@ -8,16 +9,20 @@ import statistics
 import pytest
 
 from tlbench.leaderboard import render, t95
+from tlbench.records import Record
 from tlbench.types import UsageError
 
 
-def record(strategy, seed, acc, status="ok", dataset="d", backbone="b", group=None):
-    return {"key": f"{strategy}-{seed}-{status}", "status": status, "error": "boom" if status != "ok" else None,
-            "trial": {"dataset": dataset, "backbone": backbone, "strategy": strategy, "label": strategy,
-                      "seed": seed, "group": group or f"g-{strategy}"},
-            "metrics": {"test_top1": acc, "val_top1": acc, "train_images_per_s": 100.0,
-                        "eval_images_per_s": 400.0, "peak_memory_mib": 12.0, "time_s": {"total": 3.0}}
-            if status == "ok" else {}}
+def record(strategy, seed, acc, status="ok", dataset="d", backbone="b", group=None, feature_cache=None, plan=None):
+    key = hashlib.sha256(f"{strategy}-{seed}-{status}-{dataset}-{backbone}".encode()).hexdigest()[:20]
+    return Record.from_json_dict({
+        "schema": 2, "key": key, "status": status, "error": "boom" if status != "ok" else None,
+        "trial": {"dataset": dataset, "backbone": backbone, "strategy": strategy, "label": strategy, "seed": seed,
+                  "group": group or f"g-{strategy}", "key": key, "protocol": {}, "hparams": {}, "data": {}},
+        "metrics": {"test_top1": acc, "val_top1": acc, "best_epoch": 1, "epochs": 1, "train_images_per_s": 100.0,
+                    "eval_images_per_s": 400.0, "peak_memory_mib": 12.0, "time_s": {"total": 3.0},
+                    **({"feature_cache": feature_cache} if feature_cache is not None else {})}
+        if status == "ok" else {}, "plan": plan or {}})
 
 
 def test_mean_std_ci_over_seeds_and_sorting():
@@ -81,14 +86,12 @@ def test_interval_is_the_student_t_interval(values):
 
 
 def test_cached_feature_throughput_is_marked_as_head_only():
-    cached = record("frozen", 0, 0.7)
-    cached["metrics"]["feature_cache"] = True
+    cached = record("frozen", 0, 0.7, feature_cache=True)
     text = render([cached, record("full", 0, 0.8)], "plain")
     frozen_line = next(line for line in text.splitlines() if "frozen" in line)
     full_line = next(line for line in text.splitlines() if " full " in line)
     assert "100 (head)" in frozen_line and "(head)" not in full_line
-    probe_then_tune = record("lp-ft", 0, 0.75)  # a cached probe phase, then end-to-end fine-tuning
-    probe_then_tune["metrics"]["feature_cache"] = True
-    probe_then_tune["plan"] = {"phases": [{"feature_cache": True}, {"feature_cache": False}]}
+    probe_then_tune = record("lp-ft", 0, 0.75, feature_cache=True,  # a cached probe phase, then fine-tuning
+                             plan={"phases": [{"feature_cache": True}, {"feature_cache": False}]})
     line = next(line for line in render([probe_then_tune], "plain").splitlines() if "lp-ft" in line)
     assert "100" in line and "(head)" not in line

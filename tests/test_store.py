@@ -8,17 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from tlbench.records import Record
 from tlbench.store import SCHEMA_VERSION, ResultStore, atomic_write_text
 from tlbench.types import UsageError
 
 
-def test_write_read_roundtrip_and_schema(tmp_path):
+def test_write_read_roundtrip_and_schema(tmp_path, make_record):
     store = ResultStore(tmp_path)
-    path = store.write({"key": "abc", "status": "ok", "metrics": {"test_top1": 0.5}})
-    assert path == tmp_path / "abc.json"
-    record = store.read("abc")
-    assert record["schema"] == SCHEMA_VERSION and record["metrics"]["test_top1"] == 0.5
-    assert store.read("missing") is None
+    path = store.write(Record.from_json_dict(make_record("abc0123456")))
+    assert path == tmp_path / "abc0123456.json"
+    record = store.read("abc0123456")
+    assert record.schema == SCHEMA_VERSION == 2 and record.metrics.test_top1 == 0.5
+    written = json.loads(path.read_text())
+    assert {k: written[k] for k in make_record("abc0123456")} == make_record("abc0123456"), "field for field"
+    assert store.read("0000000000") is None
     assert not list(tmp_path.glob(".*.tmp")), "temp files must not be left behind"
 
 
@@ -36,16 +39,19 @@ def test_atomic_write_keeps_old_content_when_writing_fails(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
-def test_foreign_and_corrupt_files_are_skipped_with_a_warning(tmp_path):
-    store = ResultStore(tmp_path)
-    store.write({"key": "good", "status": "ok"})
+def test_foreign_and_corrupt_files_are_skipped_with_a_warning(tmp_path, make_record):
+    warnings = []
+    store = ResultStore(tmp_path, warn=warnings.append)
+    store.write(Record.from_json_dict(make_record("00000000aa")))
     (tmp_path / "corrupt.json").write_text('{"key": "x", "sta')
     (tmp_path / "foreign.json").write_text(json.dumps({"hello": "world"}))
-    with pytest.warns(UserWarning) as caught:
-        keys = [r["key"] for r in store.records()]
-    assert keys == ["good"]
-    messages = " ".join(str(w.message) for w in caught)
+    keys = [r.key for r in store.records()]
+    assert keys == ["00000000aa"]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings), warnings
+    messages = " ".join(warnings)
     assert "corrupt.json" in messages and "foreign.json" in messages
+    list(store.records())
+    assert len(warnings) == 2, "each problem is warned about once"
 
 
 def test_claim_is_exclusive_between_processes_and_released_on_death(tmp_path):

@@ -1,0 +1,185 @@
+"""A trial job is plain data; a worker runs it and returns its record as plain data.
+
+Executors move ``TrialJob`` s to wherever trials run (this process, a child process, a Ray actor, a Slurm task) and
+bring back the record that :func:`run_job` returns — a JSON-able dict, validated by the driver before it is
+written. Nothing here claims trials or writes records: only the driver does, so workers need no shared filesystem.
+
+A worker builds its own plugin manager and keeps, per process, the decoded datasets and frozen features of the
+trials it has run, so a worker that gets several trials of one dataset × backbone group keeps them warm. It refuses
+a job made by a driver with other tlbench or plugin versions: the numbers of one grid must come from one code base.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from tlbench.types import UsageError
+
+CACHE_DIR_ENV = "TLBENCH_CACHE_DIR"
+
+
+class WorkerRefused(UsageError):
+    """The worker cannot run jobs of this driver (different code); nothing it would record could be compared."""
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Everything a worker needs to run one trial, as plain data (picklable, and JSON through ``to_json_dict``).
+
+    ``trial`` is the trial's identity as recorded (``Trial.to_record()``); ``device`` is ``None`` for "CUDA if the
+    worker has it, else CPU"; ``versions`` are the driver's tlbench and plugin versions; ``cache_dir`` is the
+    dataset cache the driver uses (``None``: the worker's default); ``progress`` is "bar", "lines" or "off".
+    """
+
+    trial: Mapping[str, Any]
+    device: str | None
+    versions: Mapping[str, Any]
+    third_party_plugins: bool = True
+    command: str = ""
+    cache_dir: str | None = None
+    progress: str = "off"
+    executor: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return str(self.trial["key"])
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """Trials with the same dataset, data options and backbone share decoded data and frozen features."""
+        return (str(self.trial["dataset"]), json.dumps(self.trial["data"], sort_keys=True, default=str),
+                str(self.trial["backbone"]))
+
+    def label(self) -> str:
+        t = self.trial
+        return f"{t['dataset']} / {t['backbone']} / {t['label']} / seed {t['seed']}"
+
+    def to_trial(self) -> Any:
+        from tlbench.plan import Trial
+
+        t = self.trial
+        trial = Trial(dataset=t["dataset"], backbone=t["backbone"], strategy=t["strategy"], seed=int(t["seed"]),
+                      protocol=dict(t["protocol"]), hparams=dict(t["hparams"]), data_options=dict(t["data"]),
+                      overrides=dict(t.get("overrides") or {}))
+        if trial.key != self.key:  # the job was edited or made by another protocol version
+            raise WorkerRefused(f"job for trial {self.key} describes trial {trial.key}; the driver and this worker "
+                                f"compute trial keys differently (protocol versions differ?)")
+        return trial
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @classmethod
+    def from_json_dict(cls, raw: Mapping[str, Any]) -> "TrialJob":
+        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
+
+
+def code_versions(third_party_plugins: bool = True, plugins: Any = None) -> dict[str, Any]:
+    """tlbench's version and protocol version, and every loaded plugin's version: what a worker must match."""
+    import tlbench
+
+    if plugins is None:
+        from tlbench.registry import Plugins
+
+        plugins = Plugins(load_third_party=third_party_plugins)
+    return {"tlbench": tlbench.__version__, "protocol_version": tlbench.PROTOCOL_VERSION,
+            "plugins": {name: info.version for name, info in sorted(plugins.info.items()) if not info.error}}
+
+
+def describe_mismatch(driver: Mapping[str, Any], worker: Mapping[str, Any]) -> str | None:
+    """One line saying what differs between the driver's and the worker's code, or None."""
+    for name in ("tlbench", "protocol_version"):
+        if driver.get(name) != worker.get(name):
+            return f"{name} {worker.get(name)} here, {driver.get(name)} on the driver"
+    theirs, ours = dict(driver.get("plugins") or {}), dict(worker.get("plugins") or {})
+    for name in sorted(set(theirs) | set(ours)):
+        if theirs.get(name) != ours.get(name):
+            here = f"version {ours[name]}" if name in ours else "not installed"
+            there = f"version {theirs[name]}" if name in theirs else "not installed"
+            return f"plugin {name!r} is {here} here but {there} on the driver"
+    return None
+
+
+class Worker:
+    """Runs jobs in this process, keeping data and features warm between them (one per device and plugin set)."""
+
+    def __init__(self, device: str | None, third_party_plugins: bool, plugins: Any = None):
+        from tlbench.measure import resident_set_kib
+        from tlbench.registry import Plugins
+        from tlbench.runner import TrialRunner, pick_device
+
+        self.plugins = plugins if plugins is not None else Plugins(load_third_party=third_party_plugins)
+        self.versions = code_versions(plugins=self.plugins)
+        self.device = pick_device(device)
+        # Per-trial CPU memory is measured against this: the process after imports and plugin loading.
+        self.baseline_kib = resident_set_kib()
+        self.runner = TrialRunner(self.plugins, self.device, memory_baseline_kib=self.baseline_kib)
+        self.lock = threading.Lock()
+
+    def run(self, job: TrialJob, progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+        mismatch = describe_mismatch(job.versions, self.versions)
+        if mismatch:
+            raise WorkerRefused(f"worker on {socket.gethostname()} refuses trial {job.key}: {mismatch}; install "
+                                f"the same tlbench and plugin versions on every machine of the grid")
+        trial = job.to_trial()
+        if job.cache_dir:
+            os.environ[CACHE_DIR_ENV] = job.cache_dir
+        with self.lock:  # one trial at a time per worker: timings and memory are per trial
+            self.runner.progress = progress if progress is not None else progress_reporter(job.progress)
+            record = self.runner.run(trial, command=job.command)
+        data = record.to_json_dict()
+        data["executor"] = {**dict(job.executor), "host": socket.gethostname(), "pid": os.getpid(),
+                            "worker_baseline_rss_mib": round(self.baseline_kib / 1024, 1)}
+        return data
+
+
+_WORKERS: dict[tuple[Any, ...], Worker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def worker_for(device: str | None, third_party_plugins: bool) -> Worker:
+    """This process's worker for a device and plugin set, built on first use (imports, plugins, device)."""
+    key = (device, bool(third_party_plugins))
+    with _WORKERS_LOCK:
+        if key not in _WORKERS:
+            _WORKERS[key] = Worker(device, third_party_plugins)
+        return _WORKERS[key]
+
+
+def adopt_worker(worker: Worker, device: str | None, third_party_plugins: bool) -> None:
+    """Make ``worker`` this process's worker (the in-process executor shares the driver's, already warm)."""
+    with _WORKERS_LOCK:
+        _WORKERS[(device, bool(third_party_plugins))] = worker
+
+
+def run_job(job: TrialJob | Mapping[str, Any]) -> dict[str, Any]:
+    """Run one trial job in this process and return its record (a JSON-able dict). Module-level, so process pools,
+    Ray and submitit can ship it by reference. Raises :class:`WorkerRefused` if the code differs from the driver's."""
+    if not isinstance(job, TrialJob):
+        job = TrialJob.from_json_dict(job)
+    return worker_for(job.device, job.third_party_plugins).run(job)
+
+
+def failed_record(job: TrialJob, reason: str, wall_s: float = 0.0) -> dict[str, Any]:
+    """The record of a trial whose worker never returned one (crashed, killed, lost): failed, with the reason."""
+    from tlbench.records import SCHEMA_VERSION
+
+    return {"schema": SCHEMA_VERSION, "key": job.key, "status": "failed", "error": reason,
+            "trial": dict(job.trial), "command": job.command,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "metrics": {"wall_s": wall_s, "time_s": {"total": wall_s}}, "executor": dict(job.executor)}
+
+
+def progress_reporter(mode: str) -> Callable[[str, int], Any] | None:
+    """The per-trial progress display a worker shows on its stderr: a bar, plain lines, or nothing."""
+    if mode == "off":
+        return None
+    from tlbench.progress import make_progress
+
+    return make_progress(mode)
