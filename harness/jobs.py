@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from tlbench.types import UsageError
 
@@ -110,10 +110,13 @@ class Worker:
     """Runs jobs in this process, keeping data and features warm between them (one per device and plugin set)."""
 
     def __init__(self, device: str | None, third_party_plugins: bool, plugins: Any = None):
+        import time
+
         from tlbench.measure import resident_set_kib
         from tlbench.registry import Plugins
         from tlbench.runner import TrialRunner, pick_device
 
+        started = time.perf_counter()
         self.plugins = plugins if plugins is not None else Plugins(load_third_party=third_party_plugins)
         self.versions = code_versions(plugins=self.plugins)
         self.device = pick_device(device)
@@ -121,6 +124,7 @@ class Worker:
         self.baseline_kib = resident_set_kib()
         self.runner = TrialRunner(self.plugins, self.device, memory_baseline_kib=self.baseline_kib)
         self.lock = threading.Lock()
+        self.init_s: float | None = time.perf_counter() - started  # plugin loading, device: paid by the first job
 
     def run(self, job: TrialJob, progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
         mismatch = describe_mismatch(job.versions, self.versions)
@@ -135,7 +139,9 @@ class Worker:
             record = self.runner.run(trial, command=job.command)
         data = record.to_json_dict()
         data["executor"] = {**dict(job.executor), "host": socket.gethostname(), "pid": os.getpid(),
-                            "worker_baseline_rss_mib": round(self.baseline_kib / 1024, 1)}
+                            "worker_baseline_rss_mib": round(self.baseline_kib / 1024, 1),
+                            "worker_init_s": round(self.init_s or 0.0, 3)}
+        self.init_s = None
         return data
 
 
@@ -183,3 +189,54 @@ def progress_reporter(mode: str) -> Callable[[str, int], Any] | None:
     from tlbench.progress import make_progress
 
     return make_progress(mode)
+
+
+def run_job_reply(job: TrialJob | Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`run_job` for executors that ship results as data: ``{"record": ...}``, or ``{"refused": line}`` when
+    this worker's code differs from the driver's, or ``{"error": line}`` when the worker itself broke (a trial's
+    own failure is a failed record, not an error here)."""
+    try:
+        return {"record": run_job(job)}
+    except WorkerRefused as exc:
+        return {"refused": str(exc)}
+    except Exception as exc:  # building the worker failed (plugins, device): no trial ran
+        return {"error": f"the worker could not run the trial: {type(exc).__name__}: {exc}"}
+
+
+def finish_from_reply(session: Any, job: TrialJob, reply: Mapping[str, Any]) -> None:
+    """Hand a worker's reply to the driver: the record, or a failed record with the worker's error; a refusal
+    stops the grid (every worker of this code would refuse)."""
+    if "refused" in reply:
+        raise WorkerRefused(str(reply["refused"]))
+    if "record" in reply:
+        session.finish(job, reply["record"])
+    else:
+        session.fail(job, str(reply.get("error", "the worker returned nothing")))
+
+
+def set_worker_threads(threads: int | None) -> None:
+    """CPU threads for this worker's torch: executors running several workers on one machine divide its cores,
+    or every worker's thread pool would fight for all of them (measured here: several times slower)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def partition(jobs: Sequence[TrialJob], workers: int) -> list[list[TrialJob]]:
+    """Jobs in batches for ``workers`` parallel workers: one batch per dataset × backbone group (a worker keeps
+    that group's data and features warm), and where there are fewer groups than workers, the largest batches are
+    halved (keeping neighbours together: seeds of one configuration share cached features) until every worker
+    has one or no batch can be split."""
+    batches: dict[tuple[str, str, str], list[TrialJob]] = {}
+    for job in jobs:
+        batches.setdefault(job.group, []).append(job)
+    result = list(batches.values())
+    while len(result) < workers:
+        largest = max(range(len(result)), key=lambda i: len(result[i]), default=None)
+        if largest is None or len(result[largest]) < 2:
+            break
+        batch = result.pop(largest)
+        middle = (len(batch) + 1) // 2
+        result[largest:largest] = [batch[:middle], batch[middle:]]
+    return result

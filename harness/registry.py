@@ -33,6 +33,9 @@ DEFAULT_PLUGINS = (
     "tlbench.plugins.torchvision_datasets",
     "tlbench.plugins.synthetic",
     "tlbench.plugins.local_executor",
+    "tlbench.plugins.process_executor",
+    "tlbench.plugins.ray_executor",
+    "tlbench.plugins.slurm_executor",
 )
 
 T = TypeVar("T")

@@ -1,0 +1,213 @@
+"""The ``process`` executor: trials in fresh Python processes, N at a time, one dataset × backbone group per process.
+
+Each group goes to a new child process, which keeps its decoded data and frozen features warm for the group's
+trials. A child that segfaults, aborts, is OOM-killed or gets a signal turns the trial it was running into a failed
+record with the reason, and a fresh child takes the group's remaining trials: the grid goes on. Memory is measured
+in the child, against its own resident set after imports, so the leaderboard's CPU memory column means something.
+
+The child speaks JSON lines: a job on its stdin, ``{"record": ...}`` (or a refusal) on its stdout; anything the
+trial prints goes to stderr with the progress lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+from tlbench import hookimpl
+from tlbench.types import UsageError
+
+READY = "tlbench-worker-ready"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Why a child process ended, in words."""
+    if returncode is None:
+        return "stopped answering"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        why = {"SIGKILL": " (the kernel's out-of-memory killer sends this when memory runs out)",
+               "SIGSEGV": " (a segmentation fault)", "SIGABRT": " (the process aborted)",
+               "SIGBUS": " (a bus error)"}.get(name, "")
+        return f"was killed by {name}{why}"
+    return f"exited with status {returncode}"
+
+
+class ProcessExecutor:
+    name = "process"
+    description = ("each dataset x backbone group in a fresh Python process, N at a time (--workers); a crashed "
+                   "process fails only the trial it was running")
+    same_machine = True  # the driver checks the device: its children run on this machine
+    options: dict[str, Any] = {"workers": None, "threads_per_worker": None}
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        for key in ("workers", "threads_per_worker"):
+            value = options.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise UsageError(f"executor.{key} must be an integer, got {value!r}")
+            if value is not None and value < 1:
+                raise UsageError(f"executor.{key} must be >= 1, got {value}")
+
+    def execute(self, jobs: Sequence[Any], session: Any) -> None:
+        from tlbench.jobs import partition
+
+        gpus = _visible_gpus(jobs[0].device if jobs else None)
+        workers = session.options.get("workers") or max(1, len(gpus))
+        batches = partition(jobs, workers)
+        workers = min(workers, len(batches)) or 1
+        threads = session.options.get("threads_per_worker") or (
+            None if gpus else max(1, (os.cpu_count() or 1) // workers))
+        todo: "queue.Queue[list[Any]]" = queue.Queue()
+        for batch in batches:
+            todo.put(batch)
+        children: dict[int, subprocess.Popen] = {}
+        errors: list[BaseException] = []
+
+        def slot(index: int) -> None:
+            try:
+                while not session.stopping:
+                    try:
+                        group = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    gpu = gpus[index % len(gpus)] if gpus else None
+                    _run_group(group, session, children, index, gpu, threads)
+            except BaseException as exc:  # GridAborted, WorkerRefused: stop everything, report in the driver
+                session.stopping = True
+                errors.append(exc)
+
+        pool = [threading.Thread(target=slot, args=(i,), name=f"tlbench-process-{i}", daemon=True)
+                for i in range(workers)]
+        for thread in pool:
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in pool):
+                for thread in pool:
+                    thread.join(timeout=0.2)
+        except BaseException:  # Ctrl-C / SIGTERM in the driver: stop the children, keep every finished record
+            session.stopping = True
+            for child in list(children.values()):
+                _stop(child)
+            for thread in pool:
+                thread.join(timeout=30)
+            raise
+        if errors:
+            raise errors[0]
+
+
+def _visible_gpus(device: str | None) -> list[str]:
+    """GPU ids to give one per child when trials run on CUDA without a fixed index; none on CPU."""
+    if device not in (None, "cuda"):
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible else []
+    return ids or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _start_child(gpu: str | None, threads: int | None) -> tuple[subprocess.Popen, float]:
+    env = dict(os.environ)
+    # the child sees the modules the driver sees (plugins installed on a path added at run time included)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    if threads:
+        env["TLBENCH_WORKER_THREADS"] = str(threads)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "tlbench.plugins.process_executor"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
+                             start_new_session=False)
+    ready = child.stdout.readline()
+    if ready.strip() != READY:
+        code = child.wait()
+        raise RuntimeError(f"a worker process could not start: it {describe_exit(code)}")
+    return child, time.perf_counter() - started
+
+
+def _stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _run_group(group: list[Any], session: Any, children: dict[int, subprocess.Popen], index: int,
+               gpu: str | None, threads: int | None) -> None:
+    from tlbench.jobs import finish_from_reply
+
+    child, startup_s = None, 0.0
+    try:
+        for job in group:
+            if session.stopping or not session.claim(job):
+                continue
+            started = time.perf_counter()
+            try:
+                if child is None:
+                    child, startup_s = _start_child(gpu, threads)
+                    children[index] = child
+                child.stdin.write(json.dumps(job.to_json_dict()) + "\n")
+                child.stdin.flush()
+                line = child.stdout.readline()
+            except (BrokenPipeError, RuntimeError) as exc:
+                line, problem = "", str(exc)
+            else:
+                problem = ""
+            if not line:  # the child died mid-trial: that trial failed, a fresh child takes the rest
+                if session.stopping:
+                    session.release(job)
+                    return
+                reason = problem or f"its worker process {describe_exit(child.wait() if child else None)}"
+                session.fail(job, f"trial lost: {reason}", time.perf_counter() - started)
+                child = None
+                continue
+            reply = json.loads(line)
+            if "record" in reply:
+                reply["record"].setdefault("executor", {})["worker_startup_s"] = round(startup_s, 3)
+                startup_s = 0.0  # only the first trial of a child pays its start-up
+            finish_from_reply(session, job, reply)
+    finally:
+        if child is not None:
+            child.stdin.close()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def child_main() -> None:
+    """A worker process: JSON jobs on stdin, one JSON reply per job on the original stdout."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever the trial prints goes to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    from tlbench.jobs import run_job_reply, set_worker_threads
+
+    set_worker_threads(int(os.environ.get("TLBENCH_WORKER_THREADS", "0")) or None)
+    protocol.write(READY + "\n")
+    for line in sys.stdin:
+        if line.strip():
+            protocol.write(json.dumps(run_job_reply(json.loads(line)), default=str) + "\n")
+
+
+@hookimpl
+def register_executors(register):
+    register(ProcessExecutor())
+
+
+if __name__ == "__main__":
+    child_main()

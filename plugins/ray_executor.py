@@ -1,0 +1,149 @@
+"""The ``ray`` executor (extra ``tlbench[ray]``): trials on a Ray cluster, one long-lived actor per slot.
+
+It joins a running cluster (``executor.address``, else ``$RAY_ADDRESS``, else ``auto`` when one runs on this
+machine) or starts a local one. Each actor keeps its decoded data and frozen features across the trials it gets;
+trials go out grouped by dataset × backbone. Records come back to the driver, which alone writes them, so the
+workers need no shared filesystem (only the dataset cache and weights files they read). An actor that dies
+mid-trial (node lost, OOM, killed) costs one retry of that trial on a fresh actor; a second death records the trial
+as failed. Ctrl-C cancels the running trials and keeps every finished record.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+from tlbench import hookimpl
+from tlbench.types import UsageError
+
+
+class TrialActor:
+    """One Ray actor: a tlbench worker process that runs the jobs it is sent, data and features kept warm."""
+
+    def __init__(self, threads: int | None):
+        from tlbench.jobs import set_worker_threads
+
+        set_worker_threads(threads)
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        from tlbench.jobs import run_job_reply
+
+        return run_job_reply(job)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor:
+    name = "ray"
+    description = ("trials on a Ray cluster (joins RAY_ADDRESS / executor.address or starts a local one), one "
+                   "actor per slot keeping data warm; needs `pip install 'tlbench[ray]'`")
+    options: dict[str, Any] = {"address": None, "workers": None, "num_cpus": 1, "num_gpus": None, "retries": 1}
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        workers = options.get("workers")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise UsageError(f"executor.workers must be an integer >= 1, got {workers!r}")
+        for key, low in (("num_cpus", 0), ("num_gpus", 0)):
+            value = options.get(key)
+            if value is None and key == "num_gpus":
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                    value > low if key == "num_cpus" else value >= low) or value != value or value == float("inf"):
+                raise UsageError(f"executor.{key} must be a finite number {'>' if key == 'num_cpus' else '>='} "
+                                 f"{low}, got {value!r}")
+        if options.get("address") is not None and not isinstance(options["address"], str):
+            raise UsageError(f"executor.address must be a Ray address such as auto or ray://host:10001, got "
+                             f"{options['address']!r}")
+        if not isinstance(options.get("retries"), int) or options["retries"] < 0:
+            raise UsageError(f"executor.retries must be an integer >= 0, got {options.get('retries')}")
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError("the ray executor needs Ray: pip install 'tlbench[ray]'") from None
+
+    def execute(self, jobs: Sequence[Any], session: Any) -> None:
+        import ray
+
+        from tlbench.jobs import finish_from_reply, partition
+
+        options = session.options
+        started_here = False
+        if not ray.is_initialized():
+            address = options.get("address") or os.environ.get("RAY_ADDRESS") or None
+            ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                     configure_logging=False)
+            started_here = True
+        resources = ray.cluster_resources()
+        num_gpus = options.get("num_gpus")
+        if num_gpus is None:
+            num_gpus = 1 if resources.get("GPU", 0) >= 1 and jobs and jobs[0].device != "cpu" else 0
+        num_cpus = options["num_cpus"]
+        slots = options.get("workers") or max(1, int(resources.get("GPU", 0) // num_gpus if num_gpus else
+                                                      resources.get("CPU", 1) // num_cpus))
+        batches = partition(jobs, slots)
+        slots = min(slots, len(batches)) or 1
+        threads = None if num_gpus else max(1, int(num_cpus))
+        actor_class = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(TrialActor)
+
+        def new_actor() -> Any:
+            return actor_class.remote(threads)
+
+        actors = [new_actor() for _ in range(slots)]
+        queue = list(batches)
+        running: dict[Any, tuple[int, Any, list[Any], int, float]] = {}  # ref -> (slot, job, rest, attempt, t0)
+
+        def dispatch(slot: int, batch: list[Any], attempt: int = 1) -> bool:
+            while batch and not session.stopping:
+                job, rest = batch[0], batch[1:]
+                if attempt > 1 or session.claim(job):
+                    ref = actors[slot].run.remote(job.to_json_dict())
+                    running[ref] = (slot, job, rest, attempt, time.perf_counter())
+                    return True
+                batch = rest
+            return False
+
+        try:
+            for slot in range(slots):
+                while queue and not dispatch(slot, queue.pop(0)):
+                    pass
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                for ref in done:
+                    slot, job, rest, attempt, t0 = running.pop(ref)
+                    try:
+                        reply = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                        ray.kill(actors[slot], no_restart=True)
+                        actors[slot] = new_actor()  # Ray places it wherever the cluster has room
+                        if attempt <= options["retries"] and not session.stopping:
+                            dispatch(slot, [job, *rest], attempt + 1)
+                            continue
+                        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        session.fail(job, f"trial lost: its Ray actor died {attempt} time(s) ({reason})",
+                                     time.perf_counter() - t0)
+                    else:
+                        if "record" in reply:
+                            reply["record"].setdefault("executor", {})["attempt"] = attempt
+                        finish_from_reply(session, job, reply)
+                    if not dispatch(slot, rest):
+                        while queue and not dispatch(slot, queue.pop(0)):
+                            pass
+        except BaseException:
+            session.stopping = True
+            for ref in list(running):
+                ray.cancel(ref, force=True)
+            for _, job, _, _, _ in running.values():
+                session.release(job)
+            raise
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            if started_here:
+                ray.shutdown()
+
+
+@hookimpl
+def register_executors(register):
+    register(RayExecutor())
