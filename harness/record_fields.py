@@ -1,0 +1,38 @@
+"""The one place the leaderboard and the report read a record's fields, by dotted path ("metrics.test_top1").
+
+Records are dicts in the JSON layout written by the runner today; a typed record object with the same layout
+(attributes, or a ``to_dict()``/``to_json()`` method) reads the same way, so only this module changes with it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def get(record: Any, dotted: str, default: Any = None) -> Any:
+    """The value at ``dotted`` (e.g. ``"trial.data.split_seed"``), or ``default`` where any part is missing."""
+    value: Any = record
+    for part in dotted.split("."):
+        if isinstance(value, dict):
+            if part not in value:
+                return default
+            value = value[part]
+        elif hasattr(value, part) and not callable(getattr(value, part)):
+            value = getattr(value, part)
+        else:
+            return default
+    return default if value is None else value
+
+
+def as_dict(record: Any) -> dict[str, Any]:
+    """The record in its JSON layout (a copy for typed records; dicts are returned as they are)."""
+    if isinstance(record, dict):
+        return record
+    for method in ("to_dict", "to_json"):
+        if callable(getattr(record, method, None)):
+            value = getattr(record, method)()
+            if isinstance(value, str):
+                import json
+
+                value = json.loads(value)
+            return value
+    raise TypeError(f"not a tlbench record: {record!r}")
