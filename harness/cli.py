@@ -243,7 +243,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         finally:
             store.release(trial.key)
         click.echo(_trial_line(record), err=True)
-        record_finished(plugins, record, lambda line: click.echo(line, err=True))
+        record_finished(plugins, store.read(record["key"]) or record, lambda line: click.echo(line, err=True))
         if record["status"] == "ok":
             outcome["ok"] += 1
         else:

@@ -82,7 +82,8 @@ def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None)
             continue
         group = groups.setdefault(get(record, "trial.group", get(record, "key")), {
             "dataset": get(record, "trial.dataset"), "backbone": get(record, "trial.backbone"),
-            "strategy": get(record, "trial.label", get(record, "trial.strategy")), "ok": [], "failed": [],
+            "strategy": get(record, "trial.label", get(record, "trial.strategy")),
+            "name": get(record, "trial.strategy"), "ok": [], "failed": [],
             "data": json.dumps(get(record, "trial.data", {}), sort_keys=True, default=str)})
         (group["ok"] if get(record, "status") == "ok" else group["failed"]).append(record)
     return list(groups.values())
@@ -186,10 +187,11 @@ def variance_note(records: Iterable[Any], dataset: str | None = None) -> str:
     sources = sorted({variance_sources(g["ok"]) for g in group_records(records, dataset) if len(g["ok"]) > 1})
     if not sources:
         return ""
-    return ("95% CI: Student t over seeds; the seeds vary the " + "; ".join(sources) +
-            ". Seeds vary the head's initialisation, batch order and augmentation"
-            + ("" if all("data split (" in s for s in sources) else
-               ", not which images are in train/val/test (--set data.split_seed=trial varies that too)") + ".")
+    return ("95% CI: Student t over seeds; it covers the " + "; ".join(sources) +
+            ". A training seed varies the random initialisation (the new head; everything for scratch), the batch "
+            "order and augmentation" + ("" if all("data split (" in s for s in sources) else
+                                        ", not which images are in train/val/test (--set data.split_seed=trial "
+                                        "varies that too)") + ".")
 
 
 # ----------------------------------------------------------------------------------- paired comparisons
@@ -198,13 +200,35 @@ def paired_comparisons(records: Iterable[Any], reference: str, dataset: str | No
     """Group id -> the paired comparison of that configuration with the ``reference`` strategy (same dataset,
     backbone and data settings; paired by seed, so by split too), None where no seed pairs."""
     groups = group_records(records, dataset)
-    by_place = {(g["dataset"], g["backbone"], g["data"]): g for g in groups if g["strategy"] == reference}
     out: dict[str, PairedComparison | None] = {}
     for group in groups:
-        ref = by_place.get((group["dataset"], group["backbone"], group["data"]))
-        out[_group_id(group)] = None if ref is None else paired_comparison(
+        ref = reference_group(groups, reference, group)
+        out[_group_id(group)] = None if ref is None or ref is group else paired_comparison(
             _by_seed(group["ok"], metric), _by_seed(ref["ok"], metric))
     return out
+
+
+def is_reference(group: dict[str, Any], reference: str) -> bool:
+    """A configuration is the reference by its label (``full[lr=0.0003]``) or, where settings shared by the whole
+    grid make every label long, by its strategy name (``full``)."""
+    return group["strategy"] == reference or group.get("name") == reference
+
+
+def reference_group(groups: Sequence[dict[str, Any]], reference: str,
+                    group: dict[str, Any]) -> dict[str, Any] | None:
+    """The reference configuration that ``group`` is paired with: same dataset, backbone and data settings; the
+    exact label wins over the strategy name; several candidates by name (``full`` and ``full[lr=...]``) are an
+    error asking for the label."""
+    place = [g for g in groups if (g["dataset"], g["backbone"], g["data"]) ==
+             (group["dataset"], group["backbone"], group["data"])]
+    exact = [g for g in place if g["strategy"] == reference]
+    if exact:
+        return exact[0]
+    by_name = [g for g in place if g.get("name") == reference]
+    if len(by_name) > 1:
+        raise UsageError(f"--vs {reference!r} matches several configurations ({', '.join(g['strategy'] for g in by_name)}"
+                         f"); give one of these labels")
+    return by_name[0] if by_name else None
 
 
 def _group_id(group: dict[str, Any]) -> str:
@@ -220,11 +244,19 @@ def _by_seed(records: Sequence[Any], metric: str) -> dict[int, float]:
     return values
 
 
-def check_reference(records: Sequence[Any], reference: str, dataset: str | None = None) -> None:
-    labels = sorted({g["strategy"] for g in group_records(records, dataset)})
-    if labels and reference not in labels:
-        raise UsageError(f"no records of strategy {reference!r} to compare with"
-                         f"{f' for dataset {dataset!r}' if dataset else ''}; choose --vs from {', '.join(labels)}")
+def check_reference(records: Sequence[Any], reference: str, dataset: str | None = None,
+                    option: str = "--vs") -> None:
+    """A one-line error when no configuration is ``reference`` (by label or strategy name), with the choices."""
+    import difflib
+
+    groups = group_records(records, dataset)
+    if not groups or any(is_reference(g, reference) for g in groups):
+        return
+    names = sorted({g["name"] or g["strategy"] for g in groups})
+    close = difflib.get_close_matches(reference, names, n=1, cutoff=0.6)
+    raise UsageError(f"no records of strategy {reference!r} to compare with"
+                     f"{f' for dataset {dataset!r}' if dataset else ''}"
+                     f"{f'; did you mean {close[0]!r}?' if close else ''}; choose {option} from {', '.join(names)}")
 
 
 def comparison_cells(comparison: PairedComparison | None, is_reference: bool) -> dict[str, str]:
@@ -262,11 +294,12 @@ def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS
         value["variance"] = variance_sources(group["ok"])
         if vs is not None:
             comparison = comparisons.get(_group_id(group))
-            cells = comparison_cells(comparison, group["strategy"] == vs)
+            reference_here = reference_group(groups, vs, group) is group
+            cells = comparison_cells(comparison, reference_here)
             row[f"Δ test vs {vs} (pts, 95% bootstrap)"] = cells["diff"]
             row["P(better)"] = cells["p"]
             row["paired"] = cells["verdict"]
-            value["vs"] = comparison_values(comparison, vs) if group["strategy"] != vs else None
+            value["vs"] = None if reference_here else comparison_values(comparison, vs)
     notes = [note for note in [variance_note(records, dataset)] if note]
     if vs is not None:
         notes.append(f"Δ vs {vs}: mean over seeds of the per-seed difference of test top-1 (same seed, same split) "

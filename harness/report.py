@@ -30,7 +30,7 @@ body { margin: 0 auto; max-width: 1100px; padding: 0.75rem; font: 15px/1.45 syst
        Roboto, "DejaVu Sans", sans-serif; color: var(--ink); background: #fff; }
 h1 { font-size: 1.5rem; margin: 0.5rem 0; } h2 { font-size: 1.3rem; margin-top: 2rem; border-bottom: 2px solid
 var(--ink); } h3 { font-size: 1.08rem; margin: 1.4rem 0 0.4rem; }
-p, li { max-width: 75ch; } .muted, figcaption, .note { color: var(--muted); font-size: 0.9rem; }
+p, li { max-width: 75ch; overflow-wrap: anywhere; } .muted, figcaption, .note { color: var(--muted); font-size: 0.9rem; }
 .table-wrap { overflow-x: auto; -webkit-overflow-scrolling: touch; margin: 0.5rem 0; }
 table { border-collapse: collapse; font-size: 0.88rem; min-width: 100%; }
 th, td { border-bottom: 1px solid var(--rule); padding: 0.3rem 0.5rem; text-align: left; white-space: nowrap; }
@@ -83,27 +83,25 @@ def _check_out(out: Path) -> Path:
 def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None,
                      figure: Callable[[Any, str], str]) -> list[ReportContext]:
     """One context per dataset (sorted by name): its records, its leaderboard and the paired comparisons."""
-    from tlbench.leaderboard import _group_id, paired_comparisons
+    from tlbench.leaderboard import _group_id, check_reference, is_reference, paired_comparisons
 
     names = sorted({get(r, "trial.dataset") for r in records if get(r, "trial.dataset")})
     if dataset is not None:
         if dataset not in names:
             raise UsageError(f"no records for dataset {dataset!r}; choose --dataset from {', '.join(names)}")
         names = [dataset]
-    labels = sorted({g["strategy"] for g in group_records(records)})
-    if reference not in labels:
-        raise UsageError(f"no records of strategy {reference!r} to compare with; choose --reference from "
-                         f"{', '.join(labels)}")
+    check_reference(records, reference, option="--reference")
     contexts = []
     for name in names:
         own = [r for r in records if get(r, "trial.dataset") == name]
-        has_reference = any(g["strategy"] == reference for g in group_records(own))
+        own_groups = group_records(own)
+        has_reference = any(is_reference(g, reference) for g in own_groups)
         table = build_table(own, REPORT_COLUMNS, vs=reference if has_reference else None)
         comparisons = {}
         if has_reference:
             by_group = paired_comparisons(own, reference)
-            comparisons = {g["strategy"]: by_group[_group_id(g)] for g in group_records(own)
-                           if g["strategy"] != reference and by_group[_group_id(g)] is not None}
+            comparisons = {g["strategy"]: by_group[_group_id(g)] for g in own_groups
+                           if by_group[_group_id(g)] is not None}
         contexts.append(ReportContext(name, own, table, reference if has_reference else "", comparisons,
                                       variance_note(own) or "one seed per configuration: no intervals", figure))
     return contexts

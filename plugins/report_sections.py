@@ -97,7 +97,7 @@ def paired_section(context: ReportContext) -> str:
                     "95% bootstrap CI", "P(better)", "verdict", "95% paired t-interval (for comparison)"],
                    rows, "paired", [1, 3, 4, 5, 7])
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(order) + 1.3))
+    fig, ax = plt.subplots(figsize=(7.5, max(2.8, 0.42 * len(order) + 1.3)))
     for y, label in enumerate(order):
         c = context.comparisons[label]
         diffs = [100 * d for d in c.differences.values()]
@@ -191,7 +191,7 @@ def means_section(context: ReportContext) -> str:
     if not rows:
         return ""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.3))
+    fig, ax = plt.subplots(figsize=(7.5, max(2.8, 0.42 * len(rows) + 1.3)))
     by_label = defaultdict(list)
     for r in _ok(context):
         if isinstance(get(r, "metrics.test_top1"), (int, float)):
@@ -245,7 +245,7 @@ def cost_section(context: ReportContext) -> str:
         return ""
     plt = _plt()
     labels = [r["strategy"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 0.38 * len(rows) + 1.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(8, max(2.8, 0.38 * len(rows) + 1.5)), sharey=True)
     y = list(range(len(rows)))
     axes[0].barh([v - 0.2 for v in y], [r["train_ips"] for r in rows], height=0.4, color="#3b6ea8",
                  label="train")

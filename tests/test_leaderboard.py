@@ -131,7 +131,7 @@ def test_vs_pairs_only_trials_with_the_same_seeds_and_data_settings():
 
 
 def test_vs_an_absent_strategy_is_an_error_naming_the_choices():
-    with pytest.raises(UsageError, match="no records of strategy 'fulll'.*choose --vs from frozen, full"):
+    with pytest.raises(UsageError, match="no records of strategy 'fulll'.*did you mean 'full'.*choose --vs from frozen, full"):
         render([record("full", 0, 0.8), record("frozen", 0, 0.7)], "github", vs="fulll")
 
 
