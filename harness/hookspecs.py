@@ -9,7 +9,7 @@ type and the uniqueness of the name. ``record_finished`` is the one hook that re
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import click
 import pluggy
@@ -91,7 +91,7 @@ def register_report_sections(register: Callable) -> None:
 
 
 @hookspec
-def record_finished(record: dict[str, Any]) -> None:
+def record_finished(record: dict) -> None:
     """Called with each record the driver has just written (ok, failed or diverged), e.g. to log it to MLflow or
     Weights & Biases. ``record`` is a copy in the JSON layout of the result files. A plugin that raises is reported
     in one warning line; the record stays written and the grid goes on. Not firstresult; return value ignored.
