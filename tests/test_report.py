@@ -292,3 +292,10 @@ def test_report_in_headless_chromium_at_phone_and_desktop_width(report, results,
         assert not failed, failed
         assert any(e["method"] == "Network.loadingFinished" for e in network), "the network domain was watched"
     assert os.path.getsize(tmp_path / "report-375.png") > 10_000
+
+
+def test_pareto_front_keeps_exactly_the_undominated_trials():
+    from tlbench.plugins.report_sections import _pareto
+
+    points = [(3.0, 55.0), (1.0, 50.0), (2.0, 60.0), (0.5, 40.0), (2.5, 60.0), (0.5, 39.0), (4.0, 61.0)]
+    assert [points[i] for i in _pareto(points)] == [(0.5, 40.0), (1.0, 50.0), (2.0, 60.0), (4.0, 61.0)]
