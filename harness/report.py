@@ -68,6 +68,11 @@ def _require_matplotlib() -> None:
     matplotlib.rcParams["svg.fonttype"] = "path"  # text as outlines: the file needs no font
 
 
+def configuration_name(backbone: str | None, label: str, several_backbones: bool) -> str:
+    """How the report names a configuration: the strategy label, with the backbone where a dataset has several."""
+    return f"{label} / {backbone}" if several_backbones else label
+
+
 def _check_out(out: Path) -> Path:
     out = Path(out)
     if out.exists() and out.is_dir():
@@ -100,8 +105,9 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
         comparisons = {}
         if has_reference:
             by_group = paired_comparisons(own, reference)
-            comparisons = {g["strategy"]: by_group[_group_id(g)] for g in own_groups
-                           if by_group[_group_id(g)] is not None}
+            multi = len({g["backbone"] for g in own_groups}) > 1
+            comparisons = {configuration_name(g["backbone"], g["strategy"], multi): by_group[_group_id(g)]
+                           for g in own_groups if by_group[_group_id(g)] is not None}
         contexts.append(ReportContext(name, own, table, reference if has_reference else "", comparisons,
                                       variance_note(own) or "one seed per configuration: no intervals", figure))
     return contexts

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from tlbench import ReportContext, ReportSection, hookimpl
 from tlbench.leaderboard import t95
 from tlbench.record_fields import get
+from tlbench.report import configuration_name
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -22,13 +23,23 @@ def _ok(context: ReportContext) -> list[dict[str, Any]]:
     return [r for r in context.records if get(r, "status") == "ok"]
 
 
-def _label(record: Any) -> str:
-    return get(record, "trial.label", get(record, "trial.strategy", "?"))
+def _multi(context: ReportContext) -> bool:
+    return len({get(r, "trial.backbone") for r in context.records}) > 1
+
+
+def _label(record: Any, context: ReportContext) -> str:
+    """The configuration's name in plots and tables: its label, plus the backbone where there are several."""
+    return configuration_name(get(record, "trial.backbone"), get(record, "trial.label", get(record, "trial.strategy",
+                                                                                          "?")), _multi(context))
+
+
+def _row_name(row: dict[str, Any], context: ReportContext) -> str:
+    return configuration_name(row.get("backbone"), row["strategy"], _multi(context))
 
 
 def _strategy_order(context: ReportContext) -> list[str]:
-    """Strategies in leaderboard order (best mean test top-1 first)."""
-    return list(dict.fromkeys(row["strategy"] for row in context.table.rows))
+    """Configurations in leaderboard order (best mean test top-1 first)."""
+    return list(dict.fromkeys(_row_name(row, context) for row in context.table.values))
 
 
 def _colours(labels: Sequence[str]) -> dict[str, Any]:
@@ -139,12 +150,12 @@ def accuracy_time_section(context: ReportContext) -> str:
     if not ok:
         return ""
     plt = _plt()
-    colours = _colours({_label(r) for r in ok})
+    colours = _colours({_label(r, context) for r in ok})
     points = [(float(get(r, "metrics.time_s.total")), 100 * float(get(r, "metrics.test_top1"))) for r in ok]
     front = _pareto(points)
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for label in _strategy_order(context):
-        xs = [p for p, r in zip(points, ok) if _label(r) == label]
+        xs = [p for p, r in zip(points, ok) if _label(r, context) == label]
         if xs:
             ax.scatter([p[0] for p in xs], [p[1] for p in xs], s=22, color=colours[label], label=label, zorder=3)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#1d232b", lw=1, ls="--",
@@ -156,7 +167,7 @@ def accuracy_time_section(context: ReportContext) -> str:
     ax.set_ylabel("test top-1 (%)")
     ax.grid(alpha=0.3)
     _legend(ax, len(colours) + 1)
-    on_front = ", ".join(f"{_label(ok[i])} seed {get(ok[i], 'trial.seed')} ({points[i][0]:.1f} s, "
+    on_front = ", ".join(f"{_label(ok[i], context)} seed {get(ok[i], 'trial.seed')} ({points[i][0]:.1f} s, "
                          f"{points[i][1]:.1f}%)" for i in front)
     return context.figure(fig, "Test top-1 against trial wall time, one point per trial; circled: the Pareto front "
                                "(no other trial is both faster and more accurate).") + _notes(
@@ -171,10 +182,10 @@ def accuracy_params_section(context: ReportContext) -> str:
     if not ok:
         return ""
     plt = _plt()
-    colours = _colours({_label(r) for r in ok})
+    colours = _colours({_label(r, context) for r in ok})
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for label in _strategy_order(context):
-        mine = [r for r in ok if _label(r) == label]
+        mine = [r for r in ok if _label(r, context) == label]
         if mine:
             ax.scatter([get(r, "metrics.params.trainable") for r in mine],
                        [100 * get(r, "metrics.test_top1") for r in mine], s=22, color=colours[label], label=label)
@@ -195,7 +206,7 @@ def means_section(context: ReportContext) -> str:
     by_label = defaultdict(list)
     for r in _ok(context):
         if isinstance(get(r, "metrics.test_top1"), (int, float)):
-            by_label[_label(r)].append(100 * get(r, "metrics.test_top1"))
+            by_label[_label(r, context)].append(100 * get(r, "metrics.test_top1"))
     for y, row in enumerate(rows):
         test = row["test"]
         if test["ci95"] is not None:
@@ -203,9 +214,9 @@ def means_section(context: ReportContext) -> str:
                         capsize=3, lw=1.5, label="mean, 95% t-interval" if y == 0 else None)
         else:
             ax.scatter([100 * test["mean"]], [y], color="#1d232b", marker="o")
-        values = by_label.get(row["strategy"], [])
+        values = by_label.get(_row_name(row, context), [])
         ax.scatter(values, [y] * len(values), s=10, color="#8a96a3", zorder=3, label="per seed" if y == 0 else None)
-    ax.set_yticks(range(len(rows)), [r["strategy"] for r in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [_row_name(r, context) for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("test top-1 (%)")
     ax.grid(axis="x", alpha=0.3)
@@ -222,7 +233,7 @@ def curves_section(context: ReportContext) -> str:
             continue
         for index, entry in enumerate(history):
             if isinstance(entry, dict) and isinstance(entry.get("val_top1"), (int, float)):
-                curves[_label(r)][index + 1].append(100 * entry["val_top1"])
+                curves[_label(r, context)][index + 1].append(100 * entry["val_top1"])
     if not curves:
         return ""
     plt = _plt()
@@ -244,7 +255,7 @@ def cost_section(context: ReportContext) -> str:
     if not rows:
         return ""
     plt = _plt()
-    labels = [r["strategy"] for r in rows]
+    labels = [_row_name(r, context) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(8, max(2.8, 0.38 * len(rows) + 1.5)), sharey=True)
     y = list(range(len(rows)))
     axes[0].barh([v - 0.2 for v in y], [r["train_ips"] for r in rows], height=0.4, color="#3b6ea8",
@@ -299,8 +310,8 @@ def protocol_section(context: ReportContext) -> str:
     ]
     per_strategy = []
     seen = set()
-    for r in sorted(records, key=_label):
-        label = _label(r)
+    for r in sorted(records, key=lambda r: _label(r, context)):
+        label = _label(r, context)
         if label in seen or get(r, "status") != "ok":
             continue
         seen.add(label)

@@ -299,3 +299,25 @@ def test_pareto_front_keeps_exactly_the_undominated_trials():
 
     points = [(3.0, 55.0), (1.0, 50.0), (2.0, 60.0), (0.5, 40.0), (2.5, 60.0), (0.5, 39.0), (4.0, 61.0)]
     assert [points[i] for i in _pareto(points)] == [(0.5, 40.0), (1.0, 50.0), (2.0, 60.0), (4.0, 61.0)]
+
+
+def _record(strategy, backbone, seed, acc, **metrics):
+    return {"key": f"{strategy}-{backbone}-{seed}", "status": "ok", "schema": 1,
+            "trial": {"dataset": "d", "backbone": backbone, "strategy": strategy, "label": strategy, "seed": seed,
+                      "group": f"{strategy}-{backbone}", "data": {"split_seed": 0}},
+            "metrics": {"test_top1": acc, "val_top1": acc, **metrics}}
+
+
+def test_report_pairs_within_each_backbone_and_tolerates_records_without_optional_fields(tmp_path):
+    """Two backbones: each strategy is compared with the reference on its own backbone, and named with it. The
+    records carry only accuracies (no history, timings, parameters, environment): those plots are left out."""
+    from tlbench.report import render_report
+
+    accs = {("full", "b1"): [0.80, 0.82], ("frozen", "b1"): [0.70, 0.71],
+            ("full", "b2"): [0.60, 0.62], ("frozen", "b2"): [0.65, 0.66]}
+    records = [_record(s, b, seed, a) for (s, b), values in accs.items() for seed, a in enumerate(values)]
+    page = render_report(records, BUILTIN_SECTIONS, reference="full")
+    for backbone, diffs in (("b1", "0: -10.0, 1: -11.0"), ("b2", "0: +5.0, 1: +4.0")):
+        assert f"<td>frozen / {backbone}</td><td class=num>2</td><td>{diffs}</td>" in page
+    assert page.count('data-plot="') == 2, "paired and means: the rest need fields these records lack"
+    assert 'data-section="accuracy-vs-time"' not in page and 'data-section="curves"' not in page
