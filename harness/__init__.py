@@ -3,6 +3,7 @@
 A plugin needs only ``from tlbench import hookimpl`` plus the small public types below.
 """
 from tlbench.hookspecs import hookimpl
+from tlbench.publishing import LeaderboardFormat, LeaderboardTable, ReportContext, ReportSection
 from tlbench.types import (LINEAR_DEFAULT_INIT, Backbone, BackboneFamily, DatasetFamily, Executor, ImageSplits,
                            ParamRef, Phase, Preprocessing, Strategy, TrainingContext, TrainPlan, UsageError)
 
@@ -14,4 +15,4 @@ from tlbench.grid import GridResult, run_grid  # noqa: E402  (the library entry 
 
 __all__ = ["run_grid", "GridResult", "hookimpl", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits", "ParamRef", "Phase",
            "Preprocessing", "Strategy", "TrainingContext", "TrainPlan", "UsageError", "__version__",
-           "PROTOCOL_VERSION"]
+           "PROTOCOL_VERSION", "LeaderboardFormat", "LeaderboardTable", "ReportContext", "ReportSection"]

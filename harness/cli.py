@@ -134,6 +134,12 @@ class _PrintingReporter:
         click.echo(f"tlbench: {text}", err=True)
 
 
+def _progress_factory(quiet: bool):
+    from tlbench.progress import make_progress
+
+    return make_progress("off" if quiet else "auto")
+
+
 def _warn_line(message: str) -> None:
     click.echo(f"Warning: {message}", err=True)
 
@@ -185,11 +191,13 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     The grid logic is the library call ``tlbench.run_grid``; this command parses, prints and sets the exit code.
     """
     from tlbench.grid import run_grid
-    from tlbench.leaderboard import FORMATS, render
+    from tlbench.leaderboard import render
     from tlbench.plan import parse_overrides
 
-    if fmt not in FORMATS:
-        _fail(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    plugins = _plugins()
+    formats = dict(plugins.leaderboard_formats.items())
+    if fmt not in formats:
+        _fail(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
     if not strategies and not run_all:
         _fail("choose strategies with -s NAME (see `tlbench list strategies`) or run everything with --all")
     overrides = parse_overrides(settings)
@@ -203,8 +211,8 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     result = run_grid(strategies, backbones, datasets, seeds=seeds, first_seed=first_seed, settings=overrides,
                       results_dir=results_dir, executor=executor, executor_options_=options, device=device,
                       force=force, retry_failed=retry_failed, progress="off" if quiet else "auto",
-                      reporter=_PrintingReporter(), plugins=_plugins(), warn=_warn_line)
-    table = render(result.records, fmt)
+                      reporter=_PrintingReporter(), plugins=plugins, warn=_warn_line)
+    table = render(result.records, fmt, formats=formats)
     if table:
         click.echo(table)
     counts = (f"{len(result.ok)} ok, {len(result.failed)} failed, {result.skipped} skipped (done before), "
@@ -265,15 +273,18 @@ def plugins() -> None:
 
 @cli.command()
 @click.option("--format", "fmt", default="github", show_default=True,
-              help="github, plain, simple, html, latex, csv or json.")
+              help="github, plain, simple, html, latex, csv, json, or one a plugin adds (see --help-formats).")
 @click.option("--dataset", default=None, help="Only this dataset.")
 @click.option("--columns", default=None, help="Comma-separated columns (see --help-columns).")
 @click.option("--wide", is_flag=True, help="All measurement columns (FLOPs, params, top-5, cache...).")
+@click.option("--vs", "reference", default=None, metavar="STRATEGY",
+              help="Paired comparison with this strategy: per-seed difference, bootstrap 95% interval, P(better).")
 @click.option("--help-columns", is_flag=True, help="List the available columns and exit.")
+@click.option("--help-formats", is_flag=True, help="List the available formats (plugins' too) and exit.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
-def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, help_columns: bool,
-                results_dir: Path | None) -> None:
+def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, reference: str | None,
+                help_columns: bool, help_formats: bool, results_dir: Path | None) -> None:
     """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy."""
     from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, render
     from tlbench.store import ResultStore, default_results_dir
@@ -282,15 +293,45 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
         for name, (header, _, _) in COLUMNS.items():
             click.echo(f"{name:10} {header}")
         return
+    formats = dict(_plugins().leaderboard_formats.items())
+    if help_formats:
+        for name, item in formats.items():
+            click.echo(f"{name:10} {item.description}")
+        return
     chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else (
         WIDE_COLUMNS if wide else DEFAULT_COLUMNS)
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
-    text = render(store.records(), fmt, chosen, dataset)
+    text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats)
     if not text:
         _fail(f"no records in {str(store.root)!r}" + (f" for dataset {dataset!r}" if dataset else ""))
     click.echo(text)
+
+
+@cli.command()
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True, help="The HTML file to write (self-contained: no network request of any kind).")
+@click.option("--dataset", default=None, help="Only this dataset [default: every dataset in the records].")
+@click.option("--reference", default="full", show_default=True, metavar="STRATEGY",
+              help="The strategy the paired comparisons are made against.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def report(results_dir: Path | None, out: Path, dataset: str | None, reference: str, quiet: bool) -> None:
+    """A self-contained HTML report: leaderboard, plots, paired statistics, protocol, environment."""
+    from tlbench.report import write_report
+    from tlbench.store import ResultStore, default_results_dir
+
+    store = ResultStore(results_dir or default_results_dir())
+    if not store.root.is_dir():
+        _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
+    plugins = _plugins()
+    plugins.require_valid()
+    written = write_report(store.records(), out, sections=[s for _, s in plugins.report_sections.items()],
+                           dataset=dataset, reference=reference, progress=_progress_factory(quiet),
+                           source=str(store.root))
+    click.echo(f"tlbench: report written to {written}", err=True)
 
 
 @cli.command()

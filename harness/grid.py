@@ -186,6 +186,7 @@ class _Grid:
         self.job_device = job_device
         self.third_party = third_party
         self.busy: list[TrialJob] = []
+        self.warn: Callable[[str], None] | None = None
         self._worker: Any = None
 
     def already_done(self, existing: Record | None) -> bool:
@@ -201,7 +202,10 @@ class _Grid:
         return self._worker
 
     def notify_finished(self, record: Record) -> None:
-        pass
+        """The plugins' ``record_finished`` hooks, after the record is written (a raising plugin: one warning)."""
+        from tlbench.record_hooks import record_finished
+
+        record_finished(self.plugins, record, self.warn)
 
 
 def _resolve(registry: Any, name: str, hint: str) -> tuple[Any, str | None]:
@@ -317,6 +321,7 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
                         device=str(driver_device) if driver_device is not None else (device or "auto"),
                         results_dir=store.root)
     grid = _Grid(store, reporter, result, force, retry_failed, plugins, device, plugins.load_third_party)
+    grid.warn = warn
 
     pending: list[Any] = []
     for trial in trials:

@@ -4,7 +4,8 @@ A plugin is a module (or object) with functions decorated by ``@tlbench.hookimpl
 match the specifications below. Built-in plugins (``tlbench.plugins.*``) use exactly these hooks; third-party
 plugins are found through the ``tlbench`` entry-point group. Every hook is called once per plugin (none is
 ``firstresult``); the return values are ignored: plugins hand their objects to ``register``, which validates the
-type and the uniqueness of the name.
+type and the uniqueness of the name. ``record_finished`` is the one hook that receives data instead of a
+``register`` callback.
 """
 from __future__ import annotations
 
@@ -66,3 +67,32 @@ def register_executors(register: Callable) -> None:
 @hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``tlbench`` command line: ``cli.add_command(my_command)``. Not firstresult."""
+
+
+@hookspec
+def register_leaderboard_formats(register: Callable) -> None:
+    """Register leaderboard formats (``tlbench leaderboard --format NAME``; the built-in ones use this hook too).
+
+    Call ``register(fmt)`` with a :class:`tlbench.LeaderboardFormat`: ``name``, ``description`` and
+    ``render(table) -> str`` over a :class:`tlbench.LeaderboardTable` (display rows, machine values, notes).
+    Names must be unique. Not firstresult.
+    """
+
+
+@hookspec
+def register_report_sections(register: Callable) -> None:
+    """Register sections of the HTML report (``tlbench report``; the built-in sections use this hook too).
+
+    Call ``register(section)`` with a :class:`tlbench.ReportSection`: ``name``, ``title``, ``order`` and
+    ``render(context) -> str``, an HTML fragment for one dataset over a :class:`tlbench.ReportContext`
+    ("" leaves the section out). The report must stay self-contained: embed images (``context.figure``), link
+    nothing remote. Names must be unique. Not firstresult.
+    """
+
+
+@hookspec
+def record_finished(record: dict) -> None:
+    """Called with each record the driver has just written (ok, failed or diverged), e.g. to log it to MLflow or
+    Weights & Biases. ``record`` is a copy in the JSON layout of the result files. A plugin that raises is reported
+    in one warning line; the record stays written and the grid goes on. Not firstresult; return value ignored.
+    """

@@ -5,21 +5,19 @@ pretending the spread is zero. Failed or diverged trials are shown in their cell
 """
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import math
 import statistics
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from tabulate import tabulate
-
-from tlbench.records import Record
+from tlbench.publishing import LeaderboardFormat, LeaderboardTable
+from tlbench.record_fields import get
+from tlbench.stats import PairedComparison, paired_comparison
 from tlbench.types import UsageError
 
-FORMATS = ("github", "plain", "simple", "html", "latex", "csv", "json")
+FORMATS = ("github", "plain", "simple", "html", "latex", "csv", "json")  # the built-in ones (plugins add more)
 
 def _t_central_probability(t: float, dof: int) -> float:
     """P(|T| <= t) for Student's t with an integer number of degrees of freedom (Abramowitz & Stegun 26.7.3-4)."""
@@ -72,20 +70,22 @@ WIDE_COLUMNS = ("test", "n", "ci95", "val", "test5", "epoch", "train_ips", "eval
                 "trainable", "cache", "time", "status")
 
 
-def _get(record: Record, dotted: str) -> Any:
-    return record.value(dotted)
+def _get(record: Any, dotted: str) -> Any:
+    return get(record, dotted)
 
 
-def group_records(records: Iterable[Record], dataset: str | None = None) -> list[dict[str, Any]]:
+def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None) -> list[dict[str, Any]]:
     """One entry per configuration (same trial identity except the seed), with its ok and failed records."""
     groups: dict[str, dict[str, Any]] = {}
     for record in records:
-        trial = record.trial
-        if dataset and trial.dataset != dataset:
+        if dataset and get(record, "trial.dataset") != dataset:
             continue
-        group = groups.setdefault(trial.group, {"dataset": trial.dataset, "backbone": trial.backbone,
-                                                "strategy": trial.label, "ok": [], "failed": []})
-        (group["ok"] if record.ok else group["failed"]).append(record)
+        group = groups.setdefault(get(record, "trial.group", get(record, "key")), {
+            "dataset": get(record, "trial.dataset"), "backbone": get(record, "trial.backbone"),
+            "strategy": get(record, "trial.label", get(record, "trial.strategy")),
+            "name": get(record, "trial.strategy"), "ok": [], "failed": [],
+            "data": json.dumps(get(record, "trial.data", {}), sort_keys=True, default=str)})
+        (group["ok"] if get(record, "status") == "ok" else group["failed"]).append(record)
     return list(groups.values())
 
 
@@ -105,7 +105,7 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
     if kind == "status":
         statuses = defaultdict(int)
         for record in group["failed"]:
-            statuses[record.status] += 1
+            statuses[get(record, "status", "failed")] += 1
         text = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
         return text or "ok"
     values = [v for v in (_get(r, path) for r in ok) if isinstance(v, (int, float))]
@@ -132,7 +132,7 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
     return text
 
 
-def _trained_on_features(record: Record) -> bool:
+def _trained_on_features(record: dict[str, Any]) -> bool:
     """Every phase trained the head on cached features (0.1 records: the one phase did if the cache was used)."""
     phases = _get(record, "plan.phases")
     if isinstance(phases, list) and phases:
@@ -140,20 +140,22 @@ def _trained_on_features(record: Record) -> bool:
     return bool(_get(record, "metrics.feature_cache"))
 
 
-def leaderboard_rows(records: Iterable[Record], columns: Sequence[str] = DEFAULT_COLUMNS,
+def _sorted_groups(records: Iterable[Any], dataset: str | None) -> list[dict[str, Any]]:
+    def sort_key(group: dict[str, Any]) -> tuple:
+        accs = [v for v in (get(r, "metrics.test_top1") for r in group["ok"]) if isinstance(v, (int, float))]
+        return (group["dataset"] or "", -(statistics.fmean(accs) if accs else -1.0), group["backbone"] or "",
+                group["strategy"] or "")
+
+    return sorted(group_records(records, dataset), key=sort_key)
+
+
+def leaderboard_rows(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS,
                      dataset: str | None = None, machine: bool = False) -> list[dict[str, Any]]:
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise UsageError(f"unknown leaderboard column {unknown[0]!r}; choose from {', '.join(COLUMNS)}")
-    groups = group_records(records, dataset)
-
-    def sort_key(group: dict[str, Any]) -> tuple:
-        accs = [r.metrics.test_top1 for r in group["ok"] if r.metrics.test_top1 is not None]
-        return (group["dataset"] or "", -(statistics.fmean(accs) if accs else -1.0), group["backbone"] or "",
-                group["strategy"] or "")
-
     rows = []
-    for group in sorted(groups, key=sort_key):
+    for group in _sorted_groups(records, dataset):
         row = {"dataset": group["dataset"], "backbone": group["backbone"], "strategy": group["strategy"]}
         for column in columns:
             row[column if machine else COLUMNS[column][0]] = _cell(group, column, machine)
@@ -161,20 +163,166 @@ def leaderboard_rows(records: Iterable[Record], columns: Sequence[str] = DEFAULT
     return rows
 
 
-def render(records: Iterable[Record], fmt: str = "github", columns: Sequence[str] = DEFAULT_COLUMNS,
-           dataset: str | None = None) -> str:
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    records = list(records)
-    if fmt == "json":
-        return json.dumps(leaderboard_rows(records, columns, dataset, machine=True), indent=2)
-    rows = leaderboard_rows(records, columns, dataset)
-    if not rows:
+# --------------------------------------------------------------------------------- sources of variance
+def varies_split(record: Any) -> bool:
+    """Whether this trial's train/val split was drawn with its own seed (``data.split_seed=trial``)."""
+    return get(record, "trial.data.split_seed") == "trial"
+
+
+def variance_sources(records: Sequence[Any]) -> str:
+    """What differs between the seeds of one configuration, i.e. what its interval covers."""
+    if not records:
+        return "no seeds"
+    if len({get(r, "trial.seed") for r in records}) < 2:
+        return "one seed: no spread"
+    if all(varies_split(r) for r in records):
+        return "training seed and data split (data.split_seed=trial)"
+    fixed = sorted({str(get(r, "data.source.split_seed", get(r, "trial.data.split_seed", "?"))) for r in records})
+    if any(varies_split(r) for r in records):
+        return "mixed: some seeds with a fixed split, some with data.split_seed=trial"
+    return f"training seed only (data split fixed: split_seed {', '.join(fixed)})"
+
+
+def variance_note(records: Iterable[Any], dataset: str | None = None) -> str:
+    sources = sorted({variance_sources(g["ok"]) for g in group_records(records, dataset) if len(g["ok"]) > 1})
+    if not sources:
         return ""
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
-    return tabulate(rows, headers="keys", tablefmt=fmt, disable_numparse=True)
+    return ("95% CI: Student t over seeds; it covers the " + "; ".join(sources) +
+            ". A training seed varies the random initialisation (the new head; everything for scratch), the batch "
+            "order and augmentation" + ("" if all("data split (" in s for s in sources) else
+                                        ", not which images are in train/val/test (--set data.split_seed=trial "
+                                        "varies that too)") + ".")
+
+
+# ----------------------------------------------------------------------------------- paired comparisons
+def paired_comparisons(records: Iterable[Any], reference: str, dataset: str | None = None,
+                       metric: str = "metrics.test_top1") -> dict[str, PairedComparison | None]:
+    """Group id -> the paired comparison of that configuration with the ``reference`` strategy (same dataset,
+    backbone and data settings; paired by seed, so by split too), None where no seed pairs."""
+    groups = group_records(records, dataset)
+    out: dict[str, PairedComparison | None] = {}
+    for group in groups:
+        ref = reference_group(groups, reference, group)
+        out[_group_id(group)] = None if ref is None or ref is group else paired_comparison(
+            _by_seed(group["ok"], metric), _by_seed(ref["ok"], metric))
+    return out
+
+
+def is_reference(group: dict[str, Any], reference: str) -> bool:
+    """A configuration is the reference by its label (``full[lr=0.0003]``) or, where settings shared by the whole
+    grid make every label long, by its strategy name (``full``)."""
+    return group["strategy"] == reference or group.get("name") == reference
+
+
+def reference_group(groups: Sequence[dict[str, Any]], reference: str,
+                    group: dict[str, Any]) -> dict[str, Any] | None:
+    """The reference configuration that ``group`` is paired with: same dataset, backbone and data settings; the
+    exact label wins over the strategy name; several candidates by name (``full`` and ``full[lr=...]``) are an
+    error asking for the label."""
+    place = [g for g in groups if (g["dataset"], g["backbone"], g["data"]) ==
+             (group["dataset"], group["backbone"], group["data"])]
+    exact = [g for g in place if g["strategy"] == reference]
+    if exact:
+        return exact[0]
+    by_name = [g for g in place if g.get("name") == reference]
+    if len(by_name) > 1:
+        raise UsageError(f"--vs {reference!r} matches several configurations ({', '.join(g['strategy'] for g in by_name)}"
+                         f"); give one of these labels")
+    return by_name[0] if by_name else None
+
+
+def _group_id(group: dict[str, Any]) -> str:
+    return json.dumps([group["dataset"], group["backbone"], group["strategy"], group["data"]])
+
+
+def _by_seed(records: Sequence[Any], metric: str) -> dict[int, float]:
+    values = {}
+    for record in records:
+        value = get(record, metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values[get(record, "trial.seed")] = float(value)
+    return values
+
+
+def check_reference(records: Sequence[Any], reference: str, dataset: str | None = None,
+                    option: str = "--vs") -> None:
+    """A one-line error when no configuration is ``reference`` (by label or strategy name), with the choices."""
+    import difflib
+
+    groups = group_records(records, dataset)
+    if not groups or any(is_reference(g, reference) for g in groups):
+        return
+    names = sorted({g["name"] or g["strategy"] for g in groups})
+    close = difflib.get_close_matches(reference, names, n=1, cutoff=0.6)
+    raise UsageError(f"no records of strategy {reference!r} to compare with"
+                     f"{f' for dataset {dataset!r}' if dataset else ''}"
+                     f"{f'; did you mean {close[0]!r}?' if close else ''}; choose {option} from {', '.join(names)}")
+
+
+def comparison_cells(comparison: PairedComparison | None, is_reference: bool) -> dict[str, str]:
+    """Display text of a paired comparison: difference in points with its interval, P(better), verdict."""
+    if is_reference:
+        return {"diff": "reference", "p": "", "verdict": ""}
+    if comparison is None:
+        return {"diff": "no paired seeds", "p": "", "verdict": ""}
+    diff = f"{100 * comparison.mean:+.1f}"
+    if comparison.low is not None:
+        diff += f" [{100 * comparison.low:+.1f}, {100 * comparison.high:+.1f}]"
+    return {"diff": diff, "p": f"{comparison.probability_of_improvement:.2f}", "verdict": comparison.verdict}
+
+
+def comparison_values(comparison: PairedComparison | None, reference: str) -> dict[str, Any] | None:
+    if comparison is None:
+        return None
+    return {"reference": reference, "n": comparison.n, "mean": comparison.mean, "low": comparison.low,
+            "high": comparison.high, "probability_of_improvement": comparison.probability_of_improvement,
+            "verdict": comparison.verdict, "differences": {str(k): v for k, v in comparison.differences.items()}}
+
+
+def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS, dataset: str | None = None,
+                vs: str | None = None) -> LeaderboardTable:
+    """The leaderboard as display rows, machine values and notes; with ``vs``, each configuration's paired
+    difference of test top-1 to strategy ``vs`` (per seed, bootstrap 95% interval, probability of improvement)."""
+    records = list(records)
+    if vs is not None:
+        check_reference(records, vs, dataset)
+    rows = leaderboard_rows(records, columns, dataset)
+    values = leaderboard_rows(records, columns, dataset, machine=True)
+    groups = _sorted_groups(records, dataset)
+    comparisons = paired_comparisons(records, vs, dataset) if vs is not None else {}
+    for group, row, value in zip(groups, rows, values):
+        value["variance"] = variance_sources(group["ok"])
+        if vs is not None:
+            comparison = comparisons.get(_group_id(group))
+            reference_here = reference_group(groups, vs, group) is group
+            cells = comparison_cells(comparison, reference_here)
+            row[f"Δ test vs {vs} (pts, 95% bootstrap)"] = cells["diff"]
+            row["P(better)"] = cells["p"]
+            row["paired"] = cells["verdict"]
+            value["vs"] = None if reference_here else comparison_values(comparison, vs)
+    notes = [note for note in [variance_note(records, dataset)] if note]
+    if vs is not None:
+        notes.append(f"Δ vs {vs}: mean over seeds of the per-seed difference of test top-1 (same seed, same split) "
+                     f"with a percentile bootstrap 95% interval; P(better): share of seeds in which the strategy "
+                     f"beats {vs} (ties half); 'not distinguishable': the interval covers 0.")
+    return LeaderboardTable(rows, values, notes)
+
+
+def builtin_formats() -> dict[str, LeaderboardFormat]:
+    from tlbench.plugins.leaderboard_formats import BUILTIN_FORMATS
+
+    return {fmt.name: fmt for fmt in BUILTIN_FORMATS}
+
+
+def render(records: Iterable[Any], fmt: str = "github", columns: Sequence[str] = DEFAULT_COLUMNS,
+           dataset: str | None = None, vs: str | None = None,
+           formats: dict[str, LeaderboardFormat] | None = None) -> str:
+    """The leaderboard in format ``fmt`` ("" when there are no rows). ``formats``: name -> format, e.g. from
+    ``Plugins().leaderboard_formats``; the built-in ones when None."""
+    formats = builtin_formats() if formats is None else formats
+    if fmt not in formats:
+        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+    table = build_table(records, columns, dataset, vs)
+    if not table.rows and fmt != "json":
+        return ""
+    return formats[fmt].render(table)

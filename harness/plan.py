@@ -66,6 +66,9 @@ def _did_you_mean(word: str, options: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+SPLIT_SEED_PER_TRIAL = "trial"  # --set data.split_seed=trial: each seed draws its own splits
+
+
 @dataclass(frozen=True)
 class Trial:
     """One cell of the grid. Its key is a stable hash of everything that defines it."""
@@ -103,6 +106,15 @@ class Trial:
             return self.strategy
         extra = ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
         return f"{self.strategy}[{extra}]"
+
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """The data options the dataset is loaded with: ``data.split_seed=trial`` draws the splits with this trial's
+        seed (the setting itself stays "trial" in the key, so the seeds of one configuration keep one group)."""
+        options = dict(self.data_options)
+        if options.get("split_seed") == SPLIT_SEED_PER_TRIAL:
+            options["split_seed"] = self.seed
+        return options
 
     def to_record(self) -> dict[str, Any]:
         return {**self.identity(), "key": self.key, "group": self.group, "label": self.label,
@@ -211,6 +223,10 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                                  f"{_did_you_mean(sub, options)}")
             options[sub] = _keep_type(value, options[sub])
             used.add(key)
+        split_seed = options.get("split_seed")
+        if isinstance(split_seed, str) and split_seed != SPLIT_SEED_PER_TRIAL:
+            raise UsageError(f"data.split_seed must be an integer >= 0 or {SPLIT_SEED_PER_TRIAL!r} (a new train/val "
+                             f"split for every seed), got {split_seed!r}; fix it with --set data.split_seed=<value>")
         data_changed = {f"data.{k}": v for k, v in options.items() if v != family.defaults[k]}
         resolved_datasets.append((name, options, data_changed))
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Generic, TypeVar
 import pluggy
 
 from tlbench import hookspecs
+from tlbench.publishing import LeaderboardFormat, ReportSection
 from tlbench.types import BackboneFamily, DatasetFamily, Executor, Strategy, UsageError
 
 ENTRY_POINT_GROUP = "tlbench"
@@ -36,6 +37,8 @@ DEFAULT_PLUGINS = (
     "tlbench.plugins.process_executor",
     "tlbench.plugins.ray_executor",
     "tlbench.plugins.slurm_executor",
+    "tlbench.plugins.leaderboard_formats",
+    "tlbench.plugins.report_sections",
 )
 
 T = TypeVar("T")
@@ -127,6 +130,11 @@ class Plugins:
             "dataset", DatasetFamily, ("name", "description", "takes_argument", "defaults", "fingerprint", "load")))
         self.executors: Registry[Executor] = Registry("executor", "executors", _protocol_check(
             "executor", Executor, ("name", "description", "execute")))
+        self.leaderboard_formats: Registry[LeaderboardFormat] = Registry(
+            "leaderboard format", "formats", _protocol_check(
+                "leaderboard_format", LeaderboardFormat, ("name", "description", "render")))
+        self.report_sections: Registry[ReportSection] = Registry("report section", "sections", _protocol_check(
+            "report_section", ReportSection, ("name", "title", "order", "render")))
         from tlbench import __version__
 
         for module_name in DEFAULT_PLUGINS:
@@ -160,6 +168,8 @@ class Plugins:
             "register_backbones": self.backbones,
             "register_datasets": self.datasets,
             "register_executors": self.executors,
+            "register_leaderboard_formats": self.leaderboard_formats,
+            "register_report_sections": self.report_sections,
         }
         for hook_name, registry in hook_to_registry.items():
             caller = getattr(self.pm.hook, hook_name)

@@ -91,7 +91,7 @@ class TrialRunner:
 
     # ------------------------------------------------------------------------------------------ shared inputs
     def data_key(self, trial: Trial) -> str:
-        return json.dumps([trial.dataset, dict(trial.data_options)], sort_keys=True, default=str)
+        return json.dumps([trial.dataset, trial.load_options], sort_keys=True, default=str)
 
     def load_data(self, trial: Trial) -> LoadedData:
         """Decoded splits on the device, loaded once per run. The first trial to use them reports how long that
@@ -100,7 +100,7 @@ class TrialRunner:
         if key not in self._data:
             family, argument = resolve(self.plugins.datasets, trial.dataset, self.plugins.failure_hint())
             start = time.perf_counter()
-            splits = load_splits(family, argument, trial.data_options)
+            splits = load_splits(family, argument, trial.load_options)
             cache = str(splits.source.pop("cache", "n/a"))  # recorded apart: records must not differ by it
             splits = splits.to(self.device)
             self._data[key] = LoadedData(splits, time.perf_counter() - start, cache)

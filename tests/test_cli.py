@@ -202,10 +202,11 @@ def documented_options():
 
 def test_help_lists_every_documented_option():
     documented = documented_options()
-    assert set(documented) == {"run", "list", "plugins", "leaderboard", "rerun"}
+    assert set(documented) == {"run", "list", "plugins", "leaderboard", "rerun", "report"}
     assert {"--all", "-s", "-b", "-d", "--seeds", "--seed", "--epochs", "--results-dir", "--force", "--retry-failed",
             "--device", "--compile", "--deterministic", "-q", "--set"} <= documented["run"]
-    assert {"--format", "--dataset", "--wide", "--columns"} <= documented["leaderboard"]
+    assert {"--format", "--dataset", "--wide", "--columns", "--vs"} <= documented["leaderboard"]
+    assert {"--results-dir", "--out", "--dataset", "--reference"} <= documented["report"]
     top = invoke("--help")
     assert top.exit_code == 0
     for command, options in documented.items():

@@ -13,16 +13,18 @@ from tlbench.records import Record
 from tlbench.types import UsageError
 
 
-def record(strategy, seed, acc, status="ok", dataset="d", backbone="b", group=None, feature_cache=None, plan=None):
+def record(strategy, seed, acc, status="ok", dataset="d", backbone="b", group=None, feature_cache=None, plan=None,
+           trial_data=None, data=None):
     key = hashlib.sha256(f"{strategy}-{seed}-{status}-{dataset}-{backbone}".encode()).hexdigest()[:20]
     return Record.from_json_dict({
         "schema": 2, "key": key, "status": status, "error": "boom" if status != "ok" else None,
         "trial": {"dataset": dataset, "backbone": backbone, "strategy": strategy, "label": strategy, "seed": seed,
-                  "group": group or f"g-{strategy}", "key": key, "protocol": {}, "hparams": {}, "data": {}},
+                  "group": group or f"g-{strategy}", "key": key, "protocol": {}, "hparams": {},
+                  "data": trial_data or {}},
         "metrics": {"test_top1": acc, "val_top1": acc, "best_epoch": 1, "epochs": 1, "train_images_per_s": 100.0,
                     "eval_images_per_s": 400.0, "peak_memory_mib": 12.0, "time_s": {"total": 3.0},
                     **({"feature_cache": feature_cache} if feature_cache is not None else {})}
-        if status == "ok" else {}, "plan": plan or {}})
+        if status == "ok" else {}, "plan": plan or {}, "data": data or {}})
 
 
 def test_mean_std_ci_over_seeds_and_sorting():
@@ -95,3 +97,65 @@ def test_cached_feature_throughput_is_marked_as_head_only():
                              plan={"phases": [{"feature_cache": True}, {"feature_cache": False}]})
     line = next(line for line in render([probe_then_tune], "plain").splitlines() if "lp-ft" in line)
     assert "100" in line and "(head)" not in line
+
+
+def test_vs_pairs_by_seed_with_a_bootstrap_interval_and_probability_of_improvement():
+    from tlbench.stats import bootstrap_interval
+
+    full = [0.80, 0.78, 0.81]
+    llrd = [0.83, 0.80, 0.82]  # better in every seed, by less than full's own seed-to-seed spread
+    lora = [0.81, 0.77, 0.80]  # 1 of 3 better
+    records = [record("full", s, a) for s, a in enumerate(full)] + [record("llrd", s, a) for s, a in enumerate(llrd)]
+    records += [record("lora", s, a) for s, a in enumerate(lora)]
+    rows = {r["strategy"]: r for r in json.loads(render(records, "json", vs="full"))}
+    assert rows["full"]["vs"] is None
+    vs = rows["llrd"]["vs"]
+    diffs = [b - a for a, b in zip(full, llrd)]
+    assert vs["reference"] == "full" and vs["n"] == 3 and vs["mean"] == pytest.approx(statistics.fmean(diffs))
+    assert (vs["low"], vs["high"]) == pytest.approx(bootstrap_interval(diffs))
+    assert vs["differences"] == pytest.approx({"0": diffs[0], "1": diffs[1], "2": diffs[2]})
+    assert vs["probability_of_improvement"] == 1.0 and vs["verdict"] == "better"
+    assert rows["lora"]["vs"]["probability_of_improvement"] == pytest.approx(1 / 3)
+    assert rows["lora"]["vs"]["verdict"] == "not distinguishable"
+    text = render(records, "github", vs="full")
+    line = next(line for line in text.splitlines() if "| lora" in line)
+    assert "not distinguishable" in line and "0.33" in line
+    assert "reference" in next(line for line in text.splitlines() if "| full" in line)
+    assert "bootstrap" in text.splitlines()[0] and "covers 0" in text
+
+
+def test_vs_pairs_only_trials_with_the_same_seeds_and_data_settings():
+    records = [record("full", s, 0.8) for s in (0, 1)] + [record("frozen", s, 0.7) for s in (2, 3)]
+    # a different split: not comparable seed by seed
+    other_data = [record("partial", s, 0.75, trial_data={"train_size": 2000}) for s in (0, 1)]
+    rows = {r["strategy"]: r for r in json.loads(render(records + other_data, "json", vs="full"))}
+    assert rows["frozen"]["vs"] is None and rows["partial"]["vs"] is None
+    assert "no paired seeds" in next(line for line in render(records + other_data, "github", vs="full").splitlines()
+                                     if "| frozen" in line)
+
+
+def test_vs_an_absent_strategy_is_an_error_naming_the_choices():
+    with pytest.raises(UsageError, match="no records of strategy 'fulll'.*did you mean 'full'.*choose --vs from frozen, full"):
+        render([record("full", 0, 0.8), record("frozen", 0, 0.7)], "github", vs="fulll")
+
+
+def test_the_leaderboard_says_which_sources_of_variance_an_interval_covers():
+    fixed = [record("full", s, 0.8 + s / 100, trial_data={"split_seed": 0}) for s in range(3)]
+    text = render(fixed, "github")
+    assert "training seed only (data split fixed: split_seed 0)" in text
+    assert json.loads(render(fixed, "json"))[0]["variance"].startswith("training seed only")
+    varied = [record("full", s, 0.8 + s / 100, group="g-varied", trial_data={"split_seed": "trial"},
+                     data={"source": {"split_seed": s}}) for s in range(3)]
+    text = render(varied, "github")
+    assert "training seed and data split" in text and "split fixed" not in text
+    assert json.loads(render(varied, "json"))[0]["variance"].startswith("training seed and data split")
+    assert "one seed" in json.loads(render([record("full", 0, 0.8)], "json"))[0]["variance"]
+
+
+def test_builtin_formats_come_through_the_hook():
+    from tlbench.leaderboard import FORMATS
+    from tlbench.registry import Plugins
+
+    plugins = Plugins(load_third_party=False)
+    assert set(FORMATS) <= set(plugins.leaderboard_formats.names())
+    assert {plugins.leaderboard_formats.owner(name) for name in FORMATS} == {"leaderboard_formats"}

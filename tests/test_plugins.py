@@ -45,7 +45,8 @@ def invoke(*args):
 def test_every_hook_is_documented_in_the_readme_with_its_exact_signature():
     readme = (ROOT / "README.md").read_text()
     assert set(HOOKS) == {"register_strategies", "register_backbones", "register_datasets", "register_executors",
-                          "register_commands"}
+                          "register_commands", "register_leaderboard_formats", "register_report_sections",
+                          "record_finished"}
     for name in HOOKS:
         signature = f"{name}{inspect.signature(getattr(hookspecs, name))}"
         signature = re.sub(r"\s*->.*$", "", re.sub(r": [^,)]+", "", signature))  # names only, as documented

@@ -1,0 +1,43 @@
+"""The one place the leaderboard and the report read a record's fields, by dotted path ("metrics.test_top1").
+
+Records are :class:`tlbench.records.Record` objects (read by JSON path, so fields a newer tlbench or a plugin
+added are reachable too); plain dicts in the same JSON layout read the same way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def get(record: Any, dotted: str, default: Any = None) -> Any:
+    """The value at ``dotted`` (e.g. ``"trial.data.split_seed"``), or ``default`` where any part is missing."""
+    from tlbench.records import Record
+
+    if isinstance(record, Record):
+        value = record.value(dotted)
+        return default if value is None else value
+    value: Any = record
+    for part in dotted.split("."):
+        if isinstance(value, dict):
+            if part not in value:
+                return default
+            value = value[part]
+        elif hasattr(value, part) and not callable(getattr(value, part)):
+            value = getattr(value, part)
+        else:
+            return default
+    return default if value is None else value
+
+
+def as_dict(record: Any) -> dict[str, Any]:
+    """The record in its JSON layout (a copy for typed records; dicts are returned as they are)."""
+    if isinstance(record, dict):
+        return record
+    for method in ("to_json_dict", "to_dict", "to_json"):
+        if callable(getattr(record, method, None)):
+            value = getattr(record, method)()
+            if isinstance(value, str):
+                import json
+
+                value = json.loads(value)
+            return value
+    raise TypeError(f"not a tlbench record: {record!r}")

@@ -1,0 +1,182 @@
+"""``tlbench report``: one self-contained HTML file over result records, per dataset a sequence of sections.
+
+Every section, the built-in ones included, is a :class:`tlbench.ReportSection` registered through the
+``register_report_sections`` hook. The page loads nothing: styles are inline, plots are matplotlib SVGs embedded as
+``data:`` images, and there is no script. The file is written atomically (temporary file, then rename).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from tlbench.leaderboard import build_table, group_records, variance_note
+from tlbench.publishing import ReportContext, ReportSection
+from tlbench.record_fields import as_dict, get
+from tlbench.types import UsageError
+
+REPORT_COLUMNS = ("test", "n", "ci95", "val", "train_ips", "eval_ips", "memory", "trainable", "time", "status")
+
+STYLE = """
+:root { color-scheme: light; --ink: #1d232b; --muted: #5b6672; --rule: #d8dde3; --band: #f4f6f8; }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 1100px; padding: 0.75rem; font: 15px/1.45 system-ui, -apple-system, "Segoe UI",
+       Roboto, "DejaVu Sans", sans-serif; color: var(--ink); background: #fff; }
+h1 { font-size: 1.5rem; margin: 0.5rem 0; } h2 { font-size: 1.3rem; margin-top: 2rem; border-bottom: 2px solid
+var(--ink); } h3 { font-size: 1.08rem; margin: 1.4rem 0 0.4rem; }
+p, li { max-width: 75ch; overflow-wrap: anywhere; } .muted, figcaption, .note { color: var(--muted); font-size: 0.9rem; }
+.table-wrap { overflow-x: auto; -webkit-overflow-scrolling: touch; margin: 0.5rem 0; }
+table { border-collapse: collapse; font-size: 0.88rem; min-width: 100%; }
+th, td { border-bottom: 1px solid var(--rule); padding: 0.3rem 0.5rem; text-align: left; white-space: nowrap; }
+th { background: var(--band); position: sticky; top: 0; } td.num { text-align: right;
+font-variant-numeric: tabular-nums; }
+figure.plot { margin: 0.8rem 0; } figure.plot img { display: block; width: 100%; max-width: 860px; height: auto; }
+code, pre { font: 0.85rem/1.4 ui-monospace, "DejaVu Sans Mono", monospace; } pre { background: var(--band);
+padding: 0.6rem; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
+nav a { margin-right: 0.8rem; }
+table.protocol td, table.protocol-strategies td, table.environment td { white-space: normal; word-break: break-word; }
+@media (max-width: 600px) { body { font-size: 14px; padding: 0.5rem; } th, td { padding: 0.25rem 0.35rem; } }
+"""
+
+
+def embed_figure(fig: Any, alt: str, name: str = "") -> str:
+    """A matplotlib figure as an inline SVG ``data:`` image (no file, no request); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue().encode("utf-8")).decode("ascii")
+    return (f'<figure class="plot" data-plot="{html.escape(name)}"><img alt="{html.escape(alt)}" '
+            f'src="data:image/svg+xml;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("the report's plots need matplotlib, which is not installed; "
+                         "install it with `pip install 'tlbench[report]'`") from None
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "tlbench"  # the same records give the same file
+    matplotlib.rcParams["svg.fonttype"] = "path"  # text as outlines: the file needs no font
+
+
+def configuration_name(backbone: str | None, label: str, several_backbones: bool) -> str:
+    """How the report names a configuration: the strategy label, with the backbone where a dataset has several."""
+    return f"{label} / {backbone}" if several_backbones else label
+
+
+def _check_out(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a directory; give a file name such as {str(out / 'report.html')!r}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist; create it or choose "
+                         f"another --out")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {str(out)!r}: directory {str(out.parent)!r} is not writable; choose another --out")
+    return out
+
+
+def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None,
+                     figure: Callable[[Any, str], str]) -> list[ReportContext]:
+    """One context per dataset (sorted by name): its records, its leaderboard and the paired comparisons."""
+    from tlbench.leaderboard import _group_id, check_reference, is_reference, paired_comparisons
+
+    names = sorted({get(r, "trial.dataset") for r in records if get(r, "trial.dataset")})
+    if dataset is not None:
+        if dataset not in names:
+            raise UsageError(f"no records for dataset {dataset!r}; choose --dataset from {', '.join(names)}")
+        names = [dataset]
+    check_reference(records, reference, option="--reference")
+    contexts = []
+    for name in names:
+        own = [r for r in records if get(r, "trial.dataset") == name]
+        own_groups = group_records(own)
+        has_reference = any(is_reference(g, reference) for g in own_groups)
+        table = build_table(own, REPORT_COLUMNS, vs=reference if has_reference else None)
+        comparisons = {}
+        if has_reference:
+            by_group = paired_comparisons(own, reference)
+            multi = len({g["backbone"] for g in own_groups}) > 1
+            comparisons = {configuration_name(g["backbone"], g["strategy"], multi): by_group[_group_id(g)]
+                           for g in own_groups if by_group[_group_id(g)] is not None}
+        contexts.append(ReportContext(name, own, table, reference if has_reference else "", comparisons,
+                                      variance_note(own) or "one seed per configuration: no intervals", figure))
+    return contexts
+
+
+def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dataset: str | None = None,
+                  reference: str = "full", progress: Callable[[str, int], Any] | None = None,
+                  source: str = "") -> str:
+    """The report's HTML text. ``progress(label, total)`` is a context manager yielding a bar with ``update(n)``
+    (or None), advanced once per section per dataset."""
+    _require_matplotlib()
+    records = [as_dict(r) for r in records]
+    if not records:
+        raise UsageError(f"no records{f' in {source!r}' if source else ''}; run `tlbench run` first or pass "
+                         f"--results-dir")
+    contexts = dataset_contexts(records, reference, dataset, lambda fig, alt: embed_figure(fig, alt))
+    ordered = sorted(sections, key=lambda s: (s.order, s.name))
+    body = []
+    with (progress or (lambda label, total: nullcontext(None)))("report", len(contexts) * len(ordered)) as bar:
+        for context in contexts:
+            anchor = _anchor(context.dataset)
+            body.append(f'<h2 id="{anchor}">{html.escape(context.dataset)}</h2>')
+            for section in ordered:
+                fragment = section.render(context)
+                if fragment:
+                    body.append(f'<section class="section" data-section="{html.escape(section.name)}" '
+                                f'id="{anchor}-{_anchor(section.name)}"><h3>{html.escape(section.title)}</h3>'
+                                f'{fragment}</section>')
+                if bar is not None:
+                    bar.update(1)
+    nav = " ".join(f'<a href="#{_anchor(c.dataset)}">{html.escape(c.dataset)}</a>' for c in contexts)
+    from tlbench import __version__
+
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            f"style-src 'unsafe-inline'\">"
+            f"<title>tlbench report</title><style>{STYLE}</style></head><body>"
+            f"<h1>tlbench report</h1><p class=\"muted\">{len(records)} records"
+            f"{f' from {html.escape(source)}' if source else ''}; written {created} by tlbench {__version__}. "
+            f"Paired comparisons against <code>{html.escape(reference)}</code>.</p><nav>{nav}</nav>"
+            + "".join(body) + "</body></html>\n")
+
+
+def write_report(records: Iterable[Any], out: Path, sections: Sequence[ReportSection], dataset: str | None = None,
+                 reference: str = "full", progress: Callable[[str, int], Any] | None = None,
+                 source: str = "") -> Path:
+    """Renders the report and writes it atomically to ``out``; nothing is written when anything fails."""
+    out = _check_out(out)
+    text = render_report(records, sections, dataset, reference, progress, source)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from its readers
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _anchor(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "x"
+
+
+__all__ = ["embed_figure", "render_report", "write_report", "dataset_contexts", "REPORT_COLUMNS"]

@@ -1,0 +1,374 @@
+"""The built-in sections of ``tlbench report``, registered through the same hook a plugin uses.
+
+Each section renders one dataset's records. matplotlib is imported when a plot is drawn, never when the plugin is
+loaded (it is the optional ``report`` extra).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import statistics
+from collections import defaultdict
+from typing import Any, Sequence
+
+from tlbench import ReportContext, ReportSection, hookimpl
+from tlbench.leaderboard import t95
+from tlbench.record_fields import get
+from tlbench.report import configuration_name
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _ok(context: ReportContext) -> list[dict[str, Any]]:
+    return [r for r in context.records if get(r, "status") == "ok"]
+
+
+def _multi(context: ReportContext) -> bool:
+    return len({get(r, "trial.backbone") for r in context.records}) > 1
+
+
+def _label(record: Any, context: ReportContext) -> str:
+    """The configuration's name in plots and tables: its label, plus the backbone where there are several."""
+    return configuration_name(get(record, "trial.backbone"), get(record, "trial.label", get(record, "trial.strategy",
+                                                                                          "?")), _multi(context))
+
+
+def _row_name(row: dict[str, Any], context: ReportContext) -> str:
+    return configuration_name(row.get("backbone"), row["strategy"], _multi(context))
+
+
+def _strategy_order(context: ReportContext) -> list[str]:
+    """Configurations in leaderboard order (best mean test top-1 first)."""
+    return list(dict.fromkeys(_row_name(row, context) for row in context.table.values))
+
+
+def _colours(labels: Sequence[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {label: cmap(i % 20) for i, label in enumerate(sorted(labels))}
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "", numeric: Sequence[int] = ()) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(
+        f'<td{" class=num" if i in numeric else ""}>{html.escape("" if v is None else str(v))}</td>'
+        for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f'<div class="table-wrap"><table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _notes(lines: Sequence[str]) -> str:
+    return "".join(f'<p class="note">{html.escape(line)}</p>' for line in lines if line)
+
+
+def _legend(ax: Any, count: int) -> None:
+    """Small legends inside the axes; long ones below them, where they cover no point."""
+    if count <= 3:
+        ax.legend(fontsize=7, loc="best", frameon=False)
+    else:
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+
+
+# ----------------------------------------------------------------------------------------------------- sections
+def leaderboard_section(context: ReportContext) -> str:
+    rows = context.table.rows
+    if not rows:
+        return ""
+    headers = ["strategy"] + [h for h in rows[0] if h not in ("dataset", "strategy")]
+    numeric = [i for i, h in enumerate(headers) if h not in ("backbone", "strategy", "status", "paired", "95% CI")]
+    return (_table(headers, [[row[h] for h in headers] for row in rows], "leaderboard", numeric)
+            + _notes(context.table.notes))
+
+
+def paired_section(context: ReportContext) -> str:
+    if not context.reference:
+        return _notes([f"No paired comparison: this dataset has no records of the reference strategy."])
+    if not context.comparisons:
+        return _notes([f"No strategy shares seeds with {context.reference}."])
+    order = [s for s in _strategy_order(context) if s in context.comparisons]
+    rows = []
+    for label in order:
+        c = context.comparisons[label]
+        interval = "" if c.low is None else f"[{100 * c.low:+.1f}, {100 * c.high:+.1f}]"
+        per_seed = ", ".join(f"{seed}: {100 * d:+.1f}" for seed, d in sorted(c.differences.items()))
+        t_interval = ""
+        if c.n >= 2:
+            diffs = list(c.differences.values())
+            half = t95(c.n - 1) * statistics.stdev(diffs) / math.sqrt(c.n)
+            t_interval = f"[{100 * (c.mean - half):+.1f}, {100 * (c.mean + half):+.1f}]"
+        rows.append([label, c.n, per_seed, f"{100 * c.mean:+.1f}", interval,
+                     f"{c.probability_of_improvement:.2f}", c.verdict, t_interval])
+    table = _table(["strategy", "paired seeds", f"per-seed Δ vs {context.reference} (pts)", "mean Δ (pts)",
+                    "95% bootstrap CI", "P(better)", "verdict", "95% paired t-interval (for comparison)"],
+                   rows, "paired", [1, 3, 4, 5, 7])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, max(2.8, 0.42 * len(order) + 1.3)))
+    for y, label in enumerate(order):
+        c = context.comparisons[label]
+        diffs = [100 * d for d in c.differences.values()]
+        ax.scatter(diffs, [y] * len(diffs), s=14, color="#8a96a3", zorder=2, label="per seed" if y == 0 else None)
+        colour = "#2b7a3d" if c.verdict == "better" else "#b3261e" if c.verdict == "worse" else "#1d232b"
+        if c.low is not None:
+            ax.plot([100 * c.low, 100 * c.high], [y, y], color=colour, lw=2.5, zorder=3,
+                    label="95% bootstrap CI" if y == 0 else None)
+        ax.scatter([100 * c.mean], [y], marker="D", s=30, color=colour, zorder=4, label="mean" if y == 0 else None)
+    ax.axvline(0, color="#5b6672", lw=1, ls="--")
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test top-1 − {context.reference} (points), paired by seed")
+    ax.grid(axis="x", alpha=0.3)
+    _legend(ax, 3)
+    figure = context.figure(fig, f"Paired difference of test top-1 to {context.reference} per seed (grey), mean "
+                                 f"(diamond) and bootstrap 95% interval; green/red: interval excludes 0.")
+    return table + figure + _notes([
+        f"Each seed's difference is strategy − {context.reference} on the same seed and the same split. The "
+        f"interval is a percentile bootstrap of the mean difference (10,000 resamples, numpy; with 3 seeds it can "
+        f"take only 10 distinct resample means and is narrower than the paired t-interval shown beside it). P(better): share of seeds in which the strategy "
+        f"beat {context.reference} (ties count half). 'not distinguishable': the interval covers 0.",
+        context.variance])
+
+
+def _pareto(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower x, higher y), sorted by x."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def accuracy_time_section(context: ReportContext) -> str:
+    ok = [r for r in _ok(context) if isinstance(get(r, "metrics.time_s.total"), (int, float))
+          and isinstance(get(r, "metrics.test_top1"), (int, float))]
+    if not ok:
+        return ""
+    plt = _plt()
+    colours = _colours({_label(r, context) for r in ok})
+    points = [(float(get(r, "metrics.time_s.total")), 100 * float(get(r, "metrics.test_top1"))) for r in ok]
+    front = _pareto(points)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for label in _strategy_order(context):
+        xs = [p for p, r in zip(points, ok) if _label(r, context) == label]
+        if xs:
+            ax.scatter([p[0] for p in xs], [p[1] for p in xs], s=22, color=colours[label], label=label, zorder=3)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#1d232b", lw=1, ls="--",
+            drawstyle="steps-post", zorder=2, label="Pareto front")
+    ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=90, facecolors="none",
+               edgecolors="#1d232b", zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("trial wall time (s, log scale): data, features, training and evaluation")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(colours) + 1)
+    on_front = ", ".join(f"{_label(ok[i], context)} seed {get(ok[i], 'trial.seed')} ({points[i][0]:.1f} s, "
+                         f"{points[i][1]:.1f}%)" for i in front)
+    return context.figure(fig, "Test top-1 against trial wall time, one point per trial; circled: the Pareto front "
+                               "(no other trial is both faster and more accurate).") + _notes(
+        [f"On the Pareto front: {on_front}.", "Work shared within a run (decoding the data, a frozen backbone's "
+         "feature pass) is counted in the first trial that needed it, so later seeds of a cached strategy look "
+         "faster than the first."])
+
+
+def accuracy_params_section(context: ReportContext) -> str:
+    ok = [r for r in _ok(context) if isinstance(get(r, "metrics.params.trainable"), (int, float))
+          and get(r, "metrics.params.trainable") > 0 and isinstance(get(r, "metrics.test_top1"), (int, float))]
+    if not ok:
+        return ""
+    plt = _plt()
+    colours = _colours({_label(r, context) for r in ok})
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for label in _strategy_order(context):
+        mine = [r for r in ok if _label(r, context) == label]
+        if mine:
+            ax.scatter([get(r, "metrics.params.trainable") for r in mine],
+                       [100 * get(r, "metrics.test_top1") for r in mine], s=22, color=colours[label], label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(colours))
+    return context.figure(fig, "Test top-1 against the number of trained parameters, one point per trial.")
+
+
+def means_section(context: ReportContext) -> str:
+    rows = [v for v in context.table.values if isinstance(v.get("test"), dict)]
+    if not rows:
+        return ""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, max(2.8, 0.42 * len(rows) + 1.3)))
+    by_label = defaultdict(list)
+    for r in _ok(context):
+        if isinstance(get(r, "metrics.test_top1"), (int, float)):
+            by_label[_label(r, context)].append(100 * get(r, "metrics.test_top1"))
+    for y, row in enumerate(rows):
+        test = row["test"]
+        if test["ci95"] is not None:
+            ax.errorbar([100 * test["mean"]], [y], xerr=[[100 * test["ci95"]]], fmt="o", color="#1d232b",
+                        capsize=3, lw=1.5, label="mean, 95% t-interval" if y == 0 else None)
+        else:
+            ax.scatter([100 * test["mean"]], [y], color="#1d232b", marker="o")
+        values = by_label.get(_row_name(row, context), [])
+        ax.scatter(values, [y] * len(values), s=10, color="#8a96a3", zorder=3, label="per seed" if y == 0 else None)
+    ax.set_yticks(range(len(rows)), [_row_name(r, context) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test top-1 (%)")
+    ax.grid(axis="x", alpha=0.3)
+    _legend(ax, 2)
+    return context.figure(fig, "Each strategy's mean test top-1 with its 95% Student t-interval over seeds, and "
+                               "the seeds themselves.") + _notes([context.variance])
+
+
+def curves_section(context: ReportContext) -> str:
+    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _ok(context):
+        history = get(r, "metrics.history", [])
+        if not isinstance(history, list):
+            continue
+        for index, entry in enumerate(history):
+            if isinstance(entry, dict) and isinstance(entry.get("val_top1"), (int, float)):
+                curves[_label(r, context)][index + 1].append(100 * entry["val_top1"])
+    if not curves:
+        return ""
+    plt = _plt()
+    colours = _colours(list(curves))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for label in [s for s in _strategy_order(context) if s in curves]:
+        epochs = sorted(curves[label])
+        ax.plot(epochs, [statistics.fmean(curves[label][e]) for e in epochs], marker=".", lw=1.3,
+                color=colours[label], label=label)
+    ax.set_xlabel("epoch (phases one after another, e.g. lp-ft's probe then fine-tune)")
+    ax.set_ylabel("validation top-1 (%), mean over seeds")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(curves))
+    return context.figure(fig, "Validation top-1 after each epoch, mean over seeds, from the records' history.")
+
+
+def cost_section(context: ReportContext) -> str:
+    rows = [v for v in context.table.values if isinstance(v.get("train_ips"), (int, float))]
+    if not rows:
+        return ""
+    plt = _plt()
+    labels = [_row_name(r, context) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(8, max(2.8, 0.38 * len(rows) + 1.5)), sharey=True)
+    y = list(range(len(rows)))
+    axes[0].barh([v - 0.2 for v in y], [r["train_ips"] for r in rows], height=0.4, color="#3b6ea8",
+                 label="train")
+    axes[0].barh([v + 0.2 for v in y], [r.get("eval_ips") or 0 for r in rows], height=0.4, color="#c98a2b",
+                 label="eval")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("images/s (log scale)")
+    axes[0].legend(fontsize=7, frameon=False)
+    axes[1].barh(y, [r.get("memory") or 0 for r in rows], color="#6b5b95")
+    axes[1].set_xlabel("peak memory (MiB)")
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    device = sorted({str(get(r, "environment.device", "?")) for r in context.records})
+    memory = sorted({str(get(r, "metrics.peak_memory.kind", "")) for r in _ok(context)} - {""})
+    return context.figure(fig, "Throughput (train and eval images/s, after warm-up) and peak memory, means over "
+                               "seeds.") + _notes([
+        f"Device: {', '.join(device)}. Peak memory kind: {', '.join(memory) or 'n/a'} (on CPU the growth of the "
+        f"process's peak resident set during the trial). A frozen backbone's train img/s is the head on cached "
+        f"features, not comparable with end-to-end training."])
+
+
+def _distinct(records: Sequence[Any], path: str) -> str:
+    values = []
+    for r in records:
+        value = get(r, path)
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        values.append(text)
+    counts = defaultdict(int)
+    for value in values:
+        counts[value] += 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{value} ({count} records)" for value, count in sorted(counts.items()))
+
+
+def protocol_section(context: ReportContext) -> str:
+    records = list(context.records)
+    shared = [
+        ("dataset", _distinct(records, "trial.dataset")),
+        ("split sizes", _distinct(records, "data.sizes")),
+        ("split", _distinct(records, "data.source.split")),
+        ("split seed setting", _distinct(records, "trial.data.split_seed")),
+        ("data settings", _distinct(records, "trial.data")),
+        ("image size (network input)", _distinct(records, "backbone.preprocessing.input_size")),
+        ("preprocessing", _distinct(records, "backbone.preprocessing.source")),
+        ("backbone weights", _distinct(records, "backbone.weights.source")),
+        ("seeds", ", ".join(str(s) for s in sorted({get(r, "trial.seed") for r in records}))),
+        ("selection", _distinct(records, "plan.selection")),
+    ]
+    per_strategy = []
+    seen = set()
+    for r in sorted(records, key=lambda r: _label(r, context)):
+        label = _label(r, context)
+        if label in seen or get(r, "status") != "ok":
+            continue
+        seen.add(label)
+        protocol = get(r, "trial.protocol", {})
+        phases = get(r, "plan.phases", [])
+        bn = ", ".join(f"{p.get('name')}: {p.get('batchnorm')}" for p in phases) if len(phases) > 1 else \
+            str(get(r, "plan.batchnorm", ""))
+        rates = "; ".join(json.dumps(p.get("learning_rates"), sort_keys=True) for p in phases) if phases else ""
+        per_strategy.append([label, get(r, "metrics.epochs"), protocol.get("batch_size"),
+                             f"{protocol.get('schedule')} (warm-up {protocol.get('warmup_epochs')} epoch)",
+                             protocol.get("weight_decay"), bn, rates,
+                             json.dumps(get(r, "trial.hparams", {}), sort_keys=True)])
+    return (_table(["setting", "value"], shared, "protocol")
+            + _table(["strategy", "epochs (all phases)", "batch", "schedule", "weight decay", "BatchNorm",
+                      "learning rates (per phase)", "hyper-parameters"], per_strategy, "protocol-strategies"))
+
+
+ENVIRONMENT_FIELDS = ("device", "cuda", "torch", "torchvision", "timm", "tlbench", "python", "platform",
+                      "git_commit", "host")
+
+
+def environment_section(context: ReportContext) -> str:
+    rows = [(name, _distinct(context.records, f"environment.{name}")) for name in ENVIRONMENT_FIELDS]
+    rows.append(("runtime", _distinct(context.records, "runtime")))
+    created = sorted(str(get(r, "created", "")) for r in context.records if get(r, "created"))
+    if created:
+        rows.append(("records written", f"{created[0]} … {created[-1]}"))
+    return _table(["field", "value"], rows, "environment")
+
+
+def reproduce_section(context: ReportContext) -> str:
+    commands = sorted({str(get(r, "command")) for r in context.records if get(r, "command")})
+    recorded = "".join(f"<pre>{html.escape(c)}</pre>" for c in commands) or "<p>no command recorded</p>"
+    commits = sorted({str(get(r, "environment.git_commit")) for r in context.records
+                      if get(r, "environment.git_commit")})
+    return (f"<p>The commands that wrote these records (run from the tlbench checkout at commit "
+            f"{html.escape(', '.join(commits) or 'unknown')}):</p>{recorded}"
+            f"<p>Each trial again, with every recorded setting: <code>tlbench rerun KEY --print-only</code>. "
+            f"This report: <code>tlbench report --results-dir DIR --reference {html.escape(context.reference or 'full')}"
+            f"</code>.</p>")
+
+
+BUILTIN_SECTIONS = [
+    ReportSection("leaderboard", "Leaderboard", 10, leaderboard_section),
+    ReportSection("paired", "Paired comparison with the reference", 20, paired_section),
+    ReportSection("accuracy-vs-time", "Accuracy against training time (Pareto front)", 30, accuracy_time_section),
+    ReportSection("accuracy-vs-parameters", "Accuracy against trainable parameters", 40, accuracy_params_section),
+    ReportSection("means", "Mean accuracy with 95% intervals", 50, means_section),
+    ReportSection("curves", "Validation accuracy per epoch", 60, curves_section),
+    ReportSection("cost", "Throughput and peak memory", 70, cost_section),
+    ReportSection("protocol", "Protocol", 80, protocol_section),
+    ReportSection("environment", "Environment", 90, environment_section),
+    ReportSection("reproduce", "Reproduce", 100, reproduce_section),
+]
+
+
+@hookimpl
+def register_report_sections(register):
+    for section in BUILTIN_SECTIONS:
+        register(section)
