@@ -125,6 +125,9 @@ def report_fixture():
     return report
 
 
+_SETTINGS_OF: dict[str, dict[str, Any]] = {}  # trial key -> the settings make_trials built it from
+
+
 @pytest.fixture
 def make_trials(plugins):
     """``make_trials(dataset, strategy, **overrides)`` -> tlbench Trials, exactly as ``tlbench run`` builds them."""
@@ -134,23 +137,32 @@ def make_trials(plugins):
     def make(dataset: str, strategy: str, backbone: str = "efficientnet_lite0", seed: int = SEED,
              **overrides: Any):
         hint = plugins.failure_hint()
-        return build_trials(datasets=[(dataset, resolve(plugins.datasets, dataset, hint)[0])],
-                            backbones=[backbone], strategies=[(strategy, plugins.strategies.get(strategy, hint))],
-                            seeds=[seed], overrides=overrides, registered_strategies=plugins.strategies.names())
+        trials = build_trials(datasets=[(dataset, resolve(plugins.datasets, dataset, hint)[0])],
+                              backbones=[backbone], strategies=[(strategy, plugins.strategies.get(strategy, hint))],
+                              seeds=[seed], overrides=overrides, registered_strategies=plugins.strategies.names())
+        for trial in trials:
+            _SETTINGS_OF[trial.key] = dict(overrides)
+        return trials
     return make
 
 
 @pytest.fixture
-def trial_runner(plugins, tmp_path):
-    """``trial_runner()`` -> a fresh TrialRunner (empty feature cache) writing records to a temporary folder."""
-    from tlbench.runner import TrialRunner
-    from tlbench.store import ResultStore
+def run_trial(plugins, tmp_path):
+    """``run_trial(trial)`` -> (its record as JSON data, the trial's own seconds), run through ``tlbench.run_grid``
+    — the library call ``tlbench run`` makes — into a fresh results folder. Each call is a fresh grid: a fresh
+    worker with an empty feature cache, so feature extraction is paid; the data is decoded by the grid's pre-run
+    check before the trial's clock starts, as a plain loop has its data in memory before timing."""
+    from tlbench import run_grid
 
-    def make(device: str = "cpu"):
-        store = ResultStore(tmp_path / "results")
-        store.create()
-        return TrialRunner(plugins, store, torch.device(device), progress=None, command="benchmarks")
-    return make
+    def run(trial: Any) -> tuple[dict[str, Any], float]:
+        results = tmp_path / f"results-{len(list(tmp_path.glob('results-*')))}"
+        outcome = run_grid([trial.strategy], [trial.backbone], [trial.dataset], first_seed=trial.seed,
+                           settings=_SETTINGS_OF[trial.key], results_dir=results, device="cpu", progress="off",
+                           plugins=plugins, command="benchmarks")
+        (record,) = outcome.records
+        assert record.key == trial.key and record.ok, record.error
+        return record.to_json_dict(), record.metrics.wall_s
+    return run
 
 
 # ----------------------------------------------------------------------------------------------- the model

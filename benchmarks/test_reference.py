@@ -34,12 +34,8 @@ def _lesson_data(fmnist, model, lesson):
             for split in ("train", "val", "test")]
 
 
-def _run_harness(trial, trial_runner):
-    runner = trial_runner()
-    start = time.perf_counter()
-    record = runner.run(trial)
-    assert record["status"] == "ok", record.get("error")
-    return record, time.perf_counter() - start
+def _run_harness(trial, run_trial):
+    return run_trial(trial)
 
 
 def _compare(benchmark, report, name, record, reference, seconds):
@@ -65,7 +61,7 @@ def _compare(benchmark, report, name, record, reference, seconds):
     check_goal(benchmark, f"reference {name}", abs(delta), at_most=GOAL_DELTA, tolerance=TOLERANCE)
 
 
-def test_reference_frozen(benchmark, make_trials, trial_runner, fmnist, lesson, report):
+def test_reference_frozen(benchmark, make_trials, run_trial, fmnist, lesson, report):
     """(a) Frozen: ``requires_grad = False`` on the backbone, a new head, AdamW(lr=1e-3) on what trains.
 
     The lesson's snippet leaves BatchNorm in train mode unless ``.eval()`` is called (its running statistics
@@ -77,7 +73,7 @@ def test_reference_frozen(benchmark, make_trials, trial_runner, fmnist, lesson, 
     num_classes = len(fmnist.classes)
 
     def measure():
-        record, harness_seconds = _run_harness(trial, trial_runner)
+        record, harness_seconds = _run_harness(trial, run_trial)
         start = time.perf_counter()
         # --- the lesson's first snippet (efficientnet_lite0 for resnet50; its head is `classifier`) ---
         model = lesson.build_model(num_classes, SEED, freeze_backbone=True)  # requires_grad=False, then new head
@@ -95,7 +91,7 @@ def test_reference_frozen(benchmark, make_trials, trial_runner, fmnist, lesson, 
     _compare(benchmark, report, "frozen", record, reference, seconds)
 
 
-def test_reference_discriminative_lr(benchmark, make_trials, trial_runner, fmnist, lesson, report):
+def test_reference_discriminative_lr(benchmark, make_trials, run_trial, fmnist, lesson, report):
     """(b) Full fine-tune with discriminative learning rates: everything trains, AdamW([{backbone, lr 1e-5},
     {head, lr 1e-3}]); BatchNorm follows the strategy's policy (discriminative-lr defaults to "frozen": running
     statistics fixed, affine parameters trained)."""
@@ -112,7 +108,7 @@ def test_reference_discriminative_lr(benchmark, make_trials, trial_runner, fmnis
             lesson.set_bn_eval(model)
 
     def measure():
-        record, harness_seconds = _run_harness(trial, trial_runner)
+        record, harness_seconds = _run_harness(trial, run_trial)
         start = time.perf_counter()
         model = lesson.build_model(num_classes, SEED)
         # --- the lesson's second snippet ---

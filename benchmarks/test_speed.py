@@ -149,7 +149,7 @@ GOAL_FROZEN_DELTA = 0.01  # |test accuracy difference|: same model, data, schedu
 TOLERANCE_FROZEN_DELTA = 0.01
 
 
-def test_frozen_feature_cache(benchmark, make_trials, trial_runner, fmnist, lesson, report):
+def test_frozen_feature_cache(benchmark, make_trials, run_trial, fmnist, lesson, report):
     """A tlbench frozen trial (cached features, head trained on them) vs the lesson's plain loop: requires_grad =
     False, backbone in eval mode, the frozen backbone's forward run on every batch of every epoch (and for every
     validation pass), head trained, 10 epochs. Same data (fashion-mnist 1000 train / 500 val / 2000 test at
@@ -160,13 +160,7 @@ def test_frozen_feature_cache(benchmark, make_trials, trial_runner, fmnist, less
     num_classes = len(fmnist.classes)
 
     def harness() -> tuple[dict, float]:
-        runner = trial_runner()  # a fresh runner: empty feature cache, so extraction is paid
-        runner.load_data(trial)  # decoded data in memory before timing, as the plain loop has it
-        start = time.perf_counter()
-        record = runner.run(trial)
-        seconds = time.perf_counter() - start
-        assert record["status"] == "ok", record.get("error")
-        return record, seconds
+        return run_trial(trial)  # a fresh grid: empty feature cache, so extraction is paid
 
     def plain() -> tuple[dict, float]:
         start = time.perf_counter()
@@ -356,7 +350,7 @@ def test_full_finetune_end_to_end(benchmark, plugins, jpeg_folder, lesson, repor
                                     env={"TLBENCH_CACHE_DIR": str(cold_cache)}, catch_exceptions=False)
         seconds = time.perf_counter() - start
         assert result.exit_code == 0, result.output
-        (record,) = list(ResultStore(results).records())
+        (record,) = [r.to_json_dict() for r in ResultStore(results).records()]
         return record, seconds, sorted(p.name for p in (cold_cache / "datasets").glob("*.safetensors"))
 
     defaults = plugins.strategies.get("full").defaults

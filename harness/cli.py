@@ -247,7 +247,7 @@ def list_(kind: str | None) -> None:
         for item_name, item in registries[name].items():
             shown = f"{item_name}:<{'model' if name == 'backbones' else 'arg'}>" if getattr(
                 item, "takes_argument", False) else item_name
-            defaults = dict(getattr(item, "defaults", {}) or {})
+            defaults = dict(getattr(item, "defaults", None) or getattr(item, "options", None) or {})
             if name == "strategies" and item.protocol:
                 defaults.update(item.protocol)
             description = item.description

@@ -57,10 +57,13 @@ def register_datasets(register: Callable) -> None:
 
 @hookspec
 def register_executors(register: Callable) -> None:
-    """Register executors (``local`` is built in).
+    """Register executors (``local``, ``process``, ``ray`` and ``slurm`` are built in).
 
     Call ``register(executor)`` with an object satisfying :class:`tlbench.Executor`: ``name``, ``description`` and
-    ``execute(trials, run_trial)``. Names must be unique. Not firstresult.
+    ``execute(jobs, session)``; optionally ``options`` (defaults of its ``--set executor.KEY=VALUE`` settings) and
+    ``check_options(options)``. Jobs are plain data (:class:`tlbench.jobs.TrialJob`) run anywhere by
+    :func:`tlbench.jobs.run_job`; only the driver, through ``session``, claims trials and writes records. Names must
+    be unique. Not firstresult.
     """
 
 

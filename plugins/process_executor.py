@@ -81,7 +81,8 @@ class ProcessExecutor:
                     except queue.Empty:
                         return
                     gpu = gpus[index % len(gpus)] if gpus else None
-                    _run_group(group, session, children, index, gpu, threads)
+                    _run_group(group, session, children, index, gpu, threads,
+                               {"workers": workers, "threads_per_worker": threads, "gpu": gpu})
             except BaseException as exc:  # GridAborted, WorkerRefused: stop everything, report in the driver
                 session.stopping = True
                 errors.append(exc)
@@ -148,7 +149,7 @@ def _stop(child: subprocess.Popen) -> None:
 
 
 def _run_group(group: list[Any], session: Any, children: dict[int, subprocess.Popen], index: int,
-               gpu: str | None, threads: int | None) -> None:
+               gpu: str | None, threads: int | None, resolved: dict[str, Any]) -> None:
     from tlbench.jobs import finish_from_reply
 
     child, startup_s = None, 0.0
@@ -178,7 +179,9 @@ def _run_group(group: list[Any], session: Any, children: dict[int, subprocess.Po
                 continue
             reply = json.loads(line)
             if "record" in reply:
-                reply["record"].setdefault("executor", {})["worker_startup_s"] = round(startup_s, 3)
+                section = reply["record"].setdefault("executor", {})
+                section["worker_startup_s"] = round(startup_s, 3)
+                section["resolved"] = resolved  # what "auto" options became
                 startup_s = 0.0  # only the first trial of a child pays its start-up
             finish_from_reply(session, job, reply)
     finally:

@@ -125,15 +125,21 @@ class RayExecutor:
                                      time.perf_counter() - t0)
                     else:
                         if "record" in reply:
-                            reply["record"].setdefault("executor", {})["attempt"] = attempt
+                            section = reply["record"].setdefault("executor", {})
+                            section["attempt"] = attempt
+                            section["resolved"] = {"workers": slots, "num_cpus": num_cpus, "num_gpus": num_gpus,
+                                                   "threads_per_worker": threads}
                         finish_from_reply(session, job, reply)
                     if not dispatch(slot, rest):
                         while queue and not dispatch(slot, queue.pop(0)):
                             pass
         except BaseException:
             session.stopping = True
-            for ref in list(running):
-                ray.cancel(ref, force=True)
+            for ref in list(running):  # a running actor task stops when its actor is killed (below)
+                try:
+                    ray.cancel(ref)
+                except Exception:
+                    pass
             for _, job, _, _, _ in running.values():
                 session.release(job)
             raise

@@ -242,3 +242,52 @@ def test_bad_executor_options_are_refused_before_anything_runs(tmp_path, tiny_ba
     with pytest.raises(UsageError, match=message):
         grid(tiny_backbone, tmp_path / "r", "process", settings=[setting])
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("executor, settings", [
+    ("local", []), ("process", ["executor.threads_per_worker=1"]), ("ray", ["executor.workers=2"]),
+    ("slurm", ["executor.cluster=local", "executor.poll_s=0.2"]),
+])
+def test_counts_and_exit_code_are_the_same_for_every_executor(tmp_path, tiny_backbone, ray_cluster, executor,
+                                                             settings):
+    if executor == "slurm":
+        pytest.importorskip("submitit", reason="pip install 'tlbench[slurm]'")
+        settings = [*settings, f"executor.folder={tmp_path / 'submitit'}"]
+    results = tmp_path / "r"
+    first, lines = grid(tiny_backbone, results, executor, settings=[*settings, "full.lr=1e6"])  # full diverges
+    assert first.exit_code == 1 and [r.trial.strategy for r in first.ok] == ["frozen"]
+    assert [(r.trial.strategy, r.status) for r in first.failed] == [("full", "diverged")]
+    assert len(lines.finished) == 2 and first.skipped == 0 and not first.missing
+    again, lines = grid(tiny_backbone, results, executor, settings=[*settings, "full.lr=1e6"])
+    assert again.exit_code == 1, "a grid with a failed cell is not all good, even when nothing ran"
+    assert again.skipped == 2 and not again.ok and not again.failed and len(again.failed_before) == 1
+    assert lines.finished == []
+
+
+def test_ctrl_c_under_ray_cancels_and_keeps_every_finished_record(tmp_path, tiny_backbone, ray_cluster):
+    """A second driver joins the session's running cluster through RAY_ADDRESS, as on a real cluster; SIGINT
+    after the first record: exit 130, the finished records whole, no claim left, no actor left running."""
+    from tlbench.records import Record
+
+    results = tmp_path / "results"
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_ADDRESS": address, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "tlbench.cli", "run", "-q", "-s", "frozen", "-s", "full", "-b", tiny_backbone,
+            "-d", "synthetic", "--seeds", "2", "--executor", "ray", "--workers", "2", "--results-dir",
+            str(results), "--set", "epochs=40", "--set", "data.train_size=64", "--set", "frozen.epochs=1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list(results.glob("*.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, stderr
+    assert "stopped by SIGINT" in stderr and "resume with: tlbench run" in stderr and "Traceback" not in stderr
+    kept = list(results.glob("*.json"))
+    assert 1 <= len(kept) < 4 and all(Record.from_json(p.read_text()).ok for p in kept)
+    assert not list(results.glob("*.lock"))
+    deadline = time.monotonic() + 30
+    while _actor_running_a_trial() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _actor_running_a_trial() is None, "the cancelled trials' actors are gone"

@@ -423,7 +423,7 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], dict[str, str
         "unknown strategy": ([], {"-s": "fozen"}, ["unknown strategy 'fozen'", "did you mean 'frozen'"]),
         "unknown backbone": ([], {"-b": "timmm:resnet18"}, ["unknown backbone 'timmm'", "did you mean 'timm'"]),
         "unknown dataset": ([], {"-d": "synthetik"}, ["unknown dataset 'synthetik'", "did you mean 'synthetic'"]),
-        "unknown executor": (["--executor", "slurmm"], {}, ["unknown executor 'slurmm'", "local"]),
+        "unknown executor": (["--executor", "lokal"], {}, ["unknown executor 'lokal'", "did you mean 'local'"]),
         "zero learning rate": (["--set", "full.lr=0"], {"-s": "full"},
                                ["full.lr must be a number > 0, got 0", "--set full.lr=<value>"]),
         "zero epochs": ([], {"--epochs": "0"}, ["epochs must be an integer >= 1, got 0", "--set epochs=<value>"]),
