@@ -222,13 +222,12 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         earlier = " (earlier run; --retry-failed re-runs it)" if record in result.failed_before else ""
         click.echo(f"  {record.status}: {record.trial.label} seed {record.trial.seed} on {record.trial.backbone}"
                    f"{earlier}: {record.error}", err=True)
-    if result.aborted:
-        click.echo(f"tlbench: stopped: {result.aborted}", err=True)
-    if result.missing and not result.aborted:
-        click.echo(f"tlbench: {len(result.missing)} trial(s) have no record: {', '.join(result.missing[:5])}", err=True)
     if result.interrupted or result.aborted:
-        click.echo(f"tlbench: stopped by {result.interrupted or 'an error'}; finished records are kept; resume "
-                   f"with: {result.resume_command}", err=True)
+        why = f"by {result.interrupted}" if result.interrupted else f": {result.aborted}"
+        click.echo(f"tlbench: stopped {why}; finished records are kept; resume with: {result.resume_command}",
+                   err=True)
+    elif result.missing:
+        click.echo(f"tlbench: {len(result.missing)} trial(s) have no record: {', '.join(result.missing[:5])}", err=True)
     if result.exit_code:
         sys.exit(result.exit_code)
 

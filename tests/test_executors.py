@@ -291,3 +291,22 @@ def test_ctrl_c_under_ray_cancels_and_keeps_every_finished_record(tmp_path, tiny
     while _actor_running_a_trial() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _actor_running_a_trial() is None, "the cancelled trials' actors are gone"
+
+
+def test_a_grid_whose_worker_refuses_stops_with_one_line_and_records_nothing(tmp_path, tiny_backbone,
+                                                                            monkeypatch):
+    from click.testing import CliRunner
+
+    import tlbench.grid
+    from tlbench.cli import cli
+
+    driver = code_versions(third_party_plugins=False)
+    monkeypatch.setattr(tlbench.grid, "code_versions", lambda plugins: {**driver, "tlbench": "0.0.1"})
+    results = tmp_path / "results"
+    done = CliRunner().invoke(cli, ["run", "-q", "-s", "frozen", "-b", tiny_backbone, "-d", "synthetic",
+                                    "--results-dir", str(results), *[w for s in SETTINGS for w in ("--set", s)]])
+    assert done.exit_code == 1, done.output
+    stopped = [line for line in done.stderr.splitlines() if line.startswith("tlbench: stopped: ")]
+    assert len(stopped) == 1 and "refuses trial" in stopped[0] and "0.0.1 on the driver" in stopped[0]
+    assert "Traceback" not in done.output
+    assert not list(results.glob("*.json")) and not list(results.glob("*.lock"))
