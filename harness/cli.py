@@ -223,8 +223,8 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         click.echo(f"  {record.status}: {record.trial.label} seed {record.trial.seed} on {record.trial.backbone}"
                    f"{earlier}: {record.error}", err=True)
     if result.interrupted or result.aborted:
-        why = f"by {result.interrupted}" if result.interrupted else f": {result.aborted}"
-        click.echo(f"tlbench: stopped {why}; finished records are kept; resume with: {result.resume_command}",
+        why = f" by {result.interrupted}" if result.interrupted else f": {result.aborted}"
+        click.echo(f"tlbench: stopped{why}; finished records are kept; resume with: {result.resume_command}",
                    err=True)
     elif result.missing:
         click.echo(f"tlbench: {len(result.missing)} trial(s) have no record: {', '.join(result.missing[:5])}", err=True)

@@ -308,5 +308,6 @@ def test_a_grid_whose_worker_refuses_stops_with_one_line_and_records_nothing(tmp
     assert done.exit_code == 1, done.output
     stopped = [line for line in done.stderr.splitlines() if line.startswith("tlbench: stopped: ")]
     assert len(stopped) == 1 and "refuses trial" in stopped[0] and "0.0.1 on the driver" in stopped[0]
+    assert "finished records are kept; resume with: " in stopped[0]
     assert "Traceback" not in done.output
     assert not list(results.glob("*.json")) and not list(results.glob("*.lock"))
