@@ -29,6 +29,7 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "image_size": None,  # network input side: None = the dataset's recommendation, else the weights' own
     "recalibrate_images": 512,  # training images used to re-estimate BatchNorm statistics ("recalibrate" policy)
     "feature_cache": True,  # train a head on cached frozen features when the plan allows it
+    "prefix_cache_mib": 2048,  # memory budget for cached frozen-prefix activations (0 = off); see prefix_cache.py
     "amp": "auto",  # "auto" = bf16 autocast on CUDA only; "off"; "bf16"; "fp16"
     "channels_last": "auto",  # "auto" = on for CUDA, off on CPU; or true / false
     "compile": False,
@@ -127,7 +128,7 @@ def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
     if protocol["eval_batch_size"] != "auto":
         need_int("eval_batch_size", 1)
     need_int("recalibrate_images", 1)
-    for key in ("weight_decay", "warmup_epochs", "label_smoothing"):
+    for key in ("weight_decay", "warmup_epochs", "label_smoothing", "prefix_cache_mib"):
         value = protocol[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise UsageError(f"{where}{key} must be a number >= 0, got {value!r}")
