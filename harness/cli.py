@@ -117,17 +117,6 @@ def cli() -> None:
     """
 
 
-def _progress_factory(quiet: bool):
-    def progress(label: str, total: int):
-        if quiet:
-            from contextlib import nullcontext
-
-            return nullcontext(None)
-        return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
-                                 item_show_func=None)
-    return progress
-
-
 def _trial_line(record: dict[str, Any]) -> str:
     trial = record["trial"]
     where = f"{trial['dataset']} / {trial['backbone']} / {trial['label']} / seed {trial['seed']}"
@@ -161,7 +150,7 @@ def _trial_line(record: dict[str, Any]) -> str:
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms, no cudnn benchmarking (recorded).")
 @click.option("--force", is_flag=True, help="Re-run trials that already have a record.")
 @click.option("--retry-failed", is_flag=True, help="Re-run trials whose record says failed or diverged.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress (bars on a terminal, one line per epoch otherwise).")
 @click.option("--format", "fmt", default="github", show_default=True, help="Leaderboard format at the end.")
 def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], datasets: tuple[str, ...],
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,
@@ -170,6 +159,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped."""
     from tlbench.leaderboard import FORMATS, render
     from tlbench.plan import build_trials, parse_overrides
+    from tlbench.progress import progress_factory
     from tlbench.runner import TrialRunner, pick_device, resolve
     from tlbench.store import ResultStore, default_results_dir
 
@@ -205,7 +195,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     store = ResultStore(results_dir or default_results_dir())
     store.check_writable()
     command = "tlbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-    runner = TrialRunner(plugins, store, pick_device(device), _progress_factory(quiet), command)
+    runner = TrialRunner(plugins, store, pick_device(device), progress_factory(quiet), command)
 
     def already_done(existing: dict[str, Any] | None) -> bool:
         """A record exists and this run is not asked to redo it (--force: all; --retry-failed: failed ones)."""

@@ -193,11 +193,13 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         progress: Callable[[int], None] = lambda n: None,
         epochs: int | None = None, best: BestEpoch | None = None, snapshot: nn.Module | None = None,
         selectable: bool = True, first_epoch: int = 1, phase: str = "", best_tag: Any = None,
-        span: ScheduleSpan | None = None, loss_term: Callable[[], torch.Tensor] | None = None) -> FitResult:
+        span: ScheduleSpan | None = None, loss_term: Callable[[], torch.Tensor] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``model`` for ``epochs`` (default ``protocol['epochs']``); after each epoch run ``before_eval``
     (BatchNorm recalibration), score the validation split, and offer the weights to ``best`` (earliest best epoch
     wins; epochs of a phase that is not ``selectable`` are scored and logged only). ``loss_term()`` is added to the
-    task loss at every step, in float32 outside autocast. Epochs are numbered from ``first_epoch``."""
+    task loss at every step, in float32 outside autocast. Epochs are numbered from ``first_epoch``. ``on_epoch``
+    gets each epoch's history entry plus ``images_per_s`` (that epoch's training images per second)."""
     epochs = protocol["epochs"] if epochs is None else epochs
     batch_size = protocol["batch_size"]
     best = best if best is not None else BestEpoch()
@@ -280,6 +282,8 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         if loss_term is not None:
             entry["loss_term"] = (term_sum / steps_per_epoch).item()
         history.append(entry)
+        if on_epoch is not None:
+            on_epoch({**entry, "images_per_s": steps_per_epoch * batch_size / max(epoch_end - epoch_start, 1e-9)})
         if result.top1 > phase_best[0]:
             phase_best, phase_best_eval = (result.top1, epoch), result
         if selectable:
