@@ -305,5 +305,6 @@ def _phase_record(label: str, phase: Any, epochs: int, applied: AppliedPhase, on
         "restart": phase.restart, "selectable": phase.selectable, "trainable_groups": applied.trainable_groups,
         "trainable_params": applied.trainable_params, "feature_cache": on_features, "steps": result.steps,
         "train_images_per_s": result.train_images_per_s, "train_seconds": result.train_seconds,
+        "timing_warmup": result.warmup,
     }
 
