@@ -27,6 +27,15 @@ IMAGE_SIZE = 64
 BATCH_SIZE = 32
 
 
+def field(record: dict, path: str):
+    """One field of a trial record by dotted path (``metrics.time_s.train``, ``plan.phases.0.prefix_cache``): the one
+    place these benchmarks read the record layout (records become a typed object later, same JSON)."""
+    value = record
+    for part in path.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
 # ================================================================ 1. partial: frozen-prefix cache vs end to end
 PARTIAL_ROUNDS = int(os.environ.get("TLBENCH_BENCH_PARTIAL_ROUNDS", "2"))  # (cached, uncached) pairs, alternated
 PARTIAL_EPOCHS = int(os.environ.get("TLBENCH_BENCH_PARTIAL_EPOCHS", "8"))  # the protocol default
@@ -48,7 +57,7 @@ def test_partial_prefix_cache(benchmark, make_trials, trial_runner, fmnist, repo
         start = time.perf_counter()
         record = runner.run(trial)
         seconds = time.perf_counter() - start
-        assert record["status"] == "ok", record.get("error")
+        assert field(record, "status") == "ok", record.get("error")
         return record, seconds
 
     def measure() -> list[dict]:
@@ -62,10 +71,10 @@ def test_partial_prefix_cache(benchmark, make_trials, trial_runner, fmnist, repo
     ratios = [r["plain"][1] / r["cached"][1] for r in rounds]
     ratio = statistics.median(ratios)
     cached, plain = rounds[0]["cached"][0], rounds[0]["plain"][0]
-    cm, pm = cached["metrics"], plain["metrics"]
+    cm, pm = field(cached, "metrics"), field(plain, "metrics")
     cached_s = ", ".join(f"{r['cached'][1]:.1f}" for r in rounds)
     plain_s = ", ".join(f"{r['plain'][1]:.1f}" for r in rounds)
-    prefix = cached["plan"]["phases"][0]["prefix_cache"]
+    prefix = field(cached, "plan.phases.0.prefix_cache")
     report(benchmark, "seconds", {"cached": [r["cached"][1] for r in rounds], "plain": [r["plain"][1] for r in rounds],
                                   "cached_parts": cm["time_s"], "plain_parts": pm["time_s"]},
            f"[partial] {PARTIAL_ROUNDS} alternated rounds, {PARTIAL_EPOCHS} epochs: cached "
@@ -330,18 +339,18 @@ def test_full_finetune_vs_timm_style_loop(benchmark, plugins, jpeg_folder, lesso
     ratios = [r["plain"]["seconds"] / r["harness"][1] for r in rounds]
     ratio = statistics.median(ratios)
     record = rounds[0]["harness"][0]
-    delta = record["metrics"]["test_top1"] - rounds[0]["plain"]["test_top1"]
+    delta = field(record, "metrics.test_top1") - rounds[0]["plain"]["test_top1"]
     harness_s = ", ".join(f"{r['harness'][1]:.1f}" for r in rounds)
     plain_s = ", ".join(f"{r['plain']['seconds']:.1f}" for r in rounds)
     report(benchmark, "seconds", {"harness": [r["harness"][1] for r in rounds],
                                   "plain": [r["plain"]["seconds"] for r in rounds]},
            f"[full vs timm-style] {TIMM_ROUNDS} alternated rounds, {TIMM_EPOCHS} epochs, "
            f"{sum(FOLDER_PER_CLASS.values()) * NUM_CLASSES} JPEGs: tlbench "
-           f"{harness_s} s (stored at {record['data']['source']['storage_size']} px); plain {plain_s} s; "
+           f"{harness_s} s (stored at {field(record, 'data.source.storage_size')} px); plain {plain_s} s; "
            f"per-round ratios {', '.join(f'{x:.2f}' for x in ratios)}")
-    report(benchmark, "accuracy", {"harness": record["metrics"]["test_top1"],
+    report(benchmark, "accuracy", {"harness": field(record, "metrics.test_top1"),
                                    "plain": rounds[0]["plain"]["test_top1"]},
-           f"[full vs timm-style] test top-1 tlbench {100 * record['metrics']['test_top1']:.1f}% vs plain "
+           f"[full vs timm-style] test top-1 tlbench {100 * field(record, 'metrics.test_top1'):.1f}% vs plain "
            f"{100 * rounds[0]['plain']['test_top1']:.1f}% (delta {100 * delta:+.1f} points)")
     report(benchmark, "ratio", ratio,
            f"[full vs timm-style] RATIO plain/tlbench end to end = {ratio:.2f}x (goal >= 1.5x)")
