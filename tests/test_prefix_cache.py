@@ -158,3 +158,19 @@ def test_partial_run_records_the_cache_and_matches_the_uncached_run(tiny_backbon
             assert cached["metrics"][key] == plain["metrics"][key], key
     seconds = [r["metrics"]["time_s"]["prefix_cache"] for r in records["cached"]]
     assert seconds[0] > 0 and seconds[1] == 0.0  # computed once per run, shared by the second seed
+
+
+def test_leaderboard_marks_suffix_throughput():
+    from tlbench.leaderboard import render
+
+    def record(strategy, phases):
+        return {"key": strategy, "status": "ok", "trial": {"dataset": "d", "backbone": "b", "strategy": strategy,
+                                                            "label": strategy, "seed": 0, "group": strategy},
+                "metrics": {"val_top1": 0.5, "test_top1": 0.5, "train_images_per_s": 100.0},
+                "plan": {"phases": phases}}
+
+    cached = record("partial", [{"feature_cache": False, "prefix_cache": {"used": True}}])
+    plain = record("full", [{"feature_cache": False, "prefix_cache": {"used": False, "reason": "..."}}])
+    lines = render([cached, plain], "plain").splitlines()
+    assert "100 (suffix)" in next(line for line in lines if "partial" in line)
+    assert "(suffix)" not in next(line for line in lines if " full " in line)
