@@ -100,6 +100,7 @@ def test_partial_prefix_cache(benchmark, make_trials, trial_runner, fmnist, repo
 
 # ======================================================================= 2. CPU step options, measured side by side
 OPTION_ROUNDS = int(os.environ.get("TLBENCH_BENCH_OPTION_ROUNDS", "12"))  # steps per option, interleaved
+MEASURE_COMPILE = os.environ.get("TLBENCH_BENCH_COMPILE", "1") != "0"  # compiling lite0 takes minutes on 2 cores
 TRIAL_STEPS = 8 * (1000 // BATCH_SIZE)  # one default trial's training steps: torch.compile's cost is spread on them
 ADOPT_SPEEDUP = 1.15  # "clearly faster": an option must beat fp32 by 15% (after compile time) to be considered
 TOLERANCE_ADOPT = 0.05
@@ -142,7 +143,8 @@ def test_cpu_step_options(benchmark, plugins, report):
     options = {"fp32": (False, False, False), "channels_last": (True, False, False)}
     if bf16_supported:
         options |= {"bf16": (False, True, False), "bf16+channels_last": (True, True, False)}
-    options["compile"] = (False, False, True)
+    if MEASURE_COMPILE:
+        options["compile"] = (False, False, True)
 
     def measure() -> dict:
         steps = {name: variant(*flags) for name, flags in options.items()}
@@ -157,9 +159,12 @@ def test_cpu_step_options(benchmark, plugins, report):
 
     m = benchmark.pedantic(measure, rounds=1, iterations=1)
     median = {name: statistics.median(t) for name, t in m["times"].items()}
-    compile_s = max(0.0, m["first"]["compile"] - m["second"]["compile"])
+    compile_s = max(0.0, m["first"]["compile"] - m["second"]["compile"]) if MEASURE_COMPILE else 0.0
     effective = dict(median)
-    effective["compile"] = median["compile"] + compile_s / TRIAL_STEPS
+    if MEASURE_COMPILE:
+        effective["compile"] = median["compile"] + compile_s / TRIAL_STEPS
+    else:
+        report(benchmark, "compile", None, "[cpu options] torch.compile not measured (TLBENCH_BENCH_COMPILE=0)")
     speedup = {name: median["fp32"] / effective[name] for name in effective}
     for name in options:
         report(benchmark, f"step_{name}", {"median_s": median[name], "speedup": speedup[name]},
