@@ -180,7 +180,7 @@ def _trial_line(record: Any) -> str:
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms, no cudnn benchmarking (recorded).")
 @click.option("--force", is_flag=True, help="Re-run trials that already have a record.")
 @click.option("--retry-failed", is_flag=True, help="Re-run trials whose record says failed or diverged.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress (bars on a terminal, one line per epoch otherwise).")
 @click.option("--format", "fmt", default="github", show_default=True, help="Leaderboard format at the end.")
 def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], datasets: tuple[str, ...],
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,

@@ -129,7 +129,18 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
     text = f"{mean:,.0f}" if abs(mean) >= 100 else f"{mean:.1f}"
     if column == "train_ips" and all(_trained_on_features(r) for r in ok):
         text += " (head)"  # trained on cached features: not comparable with end-to-end rows
+    elif column == "train_ips" and all(_trained_on_prefix_cache(r) for r in ok):
+        text += " (suffix)"  # the layers after a cached frozen prefix: not comparable with end-to-end rows
     return text
+
+
+def _trained_on_prefix_cache(record: dict[str, Any]) -> bool:
+    """Some phase trained on cached frozen-prefix activations, and every other one on cached features."""
+    phases = _get(record, "plan.phases")
+    if not isinstance(phases, list) or not phases or not all(isinstance(p, dict) for p in phases):
+        return False
+    on_prefix = [bool((p.get("prefix_cache") or {}).get("used")) for p in phases]
+    return any(on_prefix) and all(used or p.get("feature_cache") for used, p in zip(on_prefix, phases))
 
 
 def _trained_on_features(record: dict[str, Any]) -> bool:

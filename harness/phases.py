@@ -16,6 +16,7 @@ from torch import nn
 
 from tlbench.freeze import AppliedPhase, apply_phase, describe, recalibrate_batchnorm, regroup_after_surgery
 from tlbench.measure import train_step_flops
+from tlbench.prefix_cache import CachedPrefix, PrefixPlan, plan_prefix
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.trainer import (BestEpoch, Evaluation, FitResult, ScheduleSpan, Split, autocast_context, evaluate,
                              fit)
@@ -53,6 +54,8 @@ class PlanOutcome:
     after_training: Mapping[str, Any] | None
     trainable_params: int  # trained in at least one phase
     total_params: int
+    prefix_seconds: float | None = None  # None: no phase used the frozen-prefix cache
+    prefix_flops: float = 0.0  # forward FLOPs this trial spent computing cached prefix activations
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -96,8 +99,14 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
              model: nn.Module, train_model: Callable[[torch.Tensor], torch.Tensor], prep: DevicePreprocessor,
              splits: ImageSplits, protocol: Mapping[str, Any], *, device: torch.device,
              generator: torch.Generator, features: Callable[[tuple[str, ...]], CachedFeatures],
-             progress: Callable[[int], None]) -> PlanOutcome:
-    """Train the phases, restore the best epoch, run the after-training step, score the test split once."""
+             progress: Callable[[int], None],
+             prefix: Callable[[PrefixPlan, tuple[str, ...]], CachedPrefix] | None = None,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> PlanOutcome:
+    """Train the phases, restore the best epoch, run the after-training step, score the test split once.
+
+    ``prefix`` serves the frozen-prefix cache (:mod:`tlbench.prefix_cache`; None: every phase that trains more
+    than the head runs end to end); ``on_epoch`` gets each epoch's history entry with ``images_per_s`` and the
+    trial's total ``epochs`` (the progress lines)."""
     phases = plan.all_phases()
     num_classes = len(splits.classes)
     steps_per_epoch = max(1, len(splits.train_labels) // protocol["batch_size"])
@@ -116,12 +125,19 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
     span: ScheduleSpan | None = None
     first_epoch = 1
     feature_seconds: float | None = None
+    prefix_seconds: float | None = None
+    prefix_flops = 0.0
     trained: set[str] = set()
+    total_epochs = sum(epochs)
+    shown_phase = (lambda entry: entry.get("phase")) if len(phases) > 1 else (lambda entry: None)
+    epoch_hook = (lambda entry: on_epoch({**entry, "epochs": total_epochs, "phase": shown_phase(entry)})
+                  ) if on_epoch else None
     for index, phase in enumerate(phases):
         label = phase.name or str(index + 1)  # how the history and the record name this phase
         applied = apply_phase(model, group_of, backbone.group_names, phase, protocol["weight_decay"])
         planned_groups = [{k: v for k, v in g.items() if k != "params"} | {"parameters": sum(
             p.numel() for p in g["params"])} for g in applied.optimizer_groups]  # before the optimizer edits them
+        trained_before = set(trained)
         trained |= applied.trainable_names
         if phase.restart or span is None:
             continuing = 1
@@ -132,7 +148,11 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
             and not backbone_changed
         common = dict(device=device, generator=generator, num_classes=num_classes, progress=progress,
                       epochs=epochs[index], best=best, snapshot=model, selectable=phase.selectable,
-                      first_epoch=first_epoch, phase=label, span=span, loss_term=loss_term)
+                      first_epoch=first_epoch, phase=label, span=span, loss_term=loss_term, on_epoch=epoch_hook)
+        prefix_plan, prefix_record = None, None
+        if not on_features:
+            prefix_plan, prefix_record = _prefix_decision(model, applied, trained_before, prep, splits, protocol,
+                                                          prefix, autocast)
         if on_features:
             # the test split's features too when this phase's weights may be the ones tested (one pass for all)
             may_be_tested = phase.selectable and plan.after_training is None
@@ -142,6 +162,20 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
                          _feature_split(cached.splits["val"], splits.val_labels), applied.optimizer_groups, protocol,
                          best_tag=True, **common)
             flops = train_step_flops(backbone.head, cached.splits["val"][:2], num_classes) / 2
+        elif prefix_plan is not None and prefix is not None:
+            cached_prefix = prefix(prefix_plan, ("train", "val"))
+            prefix_seconds = (prefix_seconds or 0.0) + cached_prefix.seconds
+            prefix_flops += prefix_plan.prefix_flops_per_image * cached_prefix.images_computed
+            prefix_record |= {"seconds": cached_prefix.seconds, "cache_mib": cached_prefix.mib}
+            suffix = torch.compile(prefix_plan.suffix) if protocol["compile"] else prefix_plan.suffix
+            activations = cached_prefix.splits
+            result = fit(suffix, _cached_split(activations["train"], splits.train_labels, prep.channels_last),
+                         _cached_split(activations["val"], splits.val_labels, prep.channels_last),
+                         applied.optimizer_groups, protocol,
+                         before_eval=_recalibration(applied, suffix, prep, splits, protocol,
+                                                    images=activations["train"], prepare=lambda x: x),
+                         best_tag=prefix_plan, **common)
+            flops = train_step_flops(prefix_plan.suffix, activations["val"][:2], num_classes) / 2
         else:
             result = fit(train_model, train, val, applied.optimizer_groups, protocol,
                          before_eval=_recalibration(applied, train_model, prep, splits, protocol),
@@ -150,7 +184,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
         backbone_changed |= not applied.head_only
         first_epoch += epochs[index]
         record = _phase_record(label, phase, epochs[index], applied, on_features, result) | {
-            "optimizer_groups": planned_groups}
+            "optimizer_groups": planned_groups, "prefix_cache": prefix_record}
         outcomes.append(PhaseOutcome(record, result, applied, on_features, flops))
 
     model.load_state_dict(best.state)
@@ -159,7 +193,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
     eval_batch = protocol["eval_batch_size"]
     after_record = None
     final_val = best.evaluation
-    use_features = bool(best.tag)
+    tag = best.tag  # True: cached features describe the best weights; a PrefixPlan: cached prefix activations do
     if plan.after_training is not None:
         before_eval = _recalibration(last.applied, train_model, prep, splits, protocol)
 
@@ -173,39 +207,90 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
         model.eval()
         before_eval()
         final_val = evaluate(train_model, val, eval_batch, device, autocast, num_classes)
-        use_features = False
+        tag = None
     assert final_val is not None
-    if use_features:
+    if tag is True:
         cached = features(("test",))
         feature_seconds = (feature_seconds or 0.0) + cached.seconds
         test = evaluate(backbone.head, _feature_split(cached.splits["test"], splits.test_labels), eval_batch, device,
                         autocast, num_classes)
         eval_rate = cached.images_per_s
+    elif isinstance(tag, PrefixPlan) and prefix is not None:
+        cached_prefix = prefix(tag, ("test",))
+        prefix_seconds = (prefix_seconds or 0.0) + cached_prefix.seconds
+        prefix_flops += tag.prefix_flops_per_image * cached_prefix.images_computed
+        test = evaluate(tag.suffix, _cached_split(cached_prefix.splits["test"], splits.test_labels, prep.channels_last),
+                        eval_batch, device, autocast, num_classes)
+        # the images/s of the whole network: the prefix pass that made the test activations plus the suffix
+        eval_rate = test.images / (cached_prefix.split_seconds["test"] + test.seconds)
     else:
         test = evaluate(train_model, Split(splits.test_images, splits.test_labels, prep.train, prep.eval),
                         eval_batch, device, autocast, num_classes)
         eval_rate = test.images_per_s or final_val.images_per_s
     params = dict(model.named_parameters())
     return PlanOutcome(outcomes, best, final_val, test, eval_rate, feature_seconds, surgery, after_record,
-                       sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()))
+                       sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()),
+                       prefix_seconds, prefix_flops)
 
 
 def _feature_split(inputs: torch.Tensor, labels: torch.Tensor) -> Split:
     return Split(inputs, labels, lambda x, g: x, lambda x: x)  # features are already the head's input
 
 
+def _cached_split(inputs: torch.Tensor, labels: torch.Tensor, channels_last: bool) -> Split:
+    """Cached prefix activations are already the suffix's input (in the memory format the model runs in)."""
+    def as_input(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+    return Split(inputs, labels, lambda x, g: as_input(x), as_input)
+
+
+def _prefix_decision(model: nn.Module, applied: AppliedPhase, trained_before: set[str], prep: DevicePreprocessor,
+                     splits: ImageSplits, protocol: Mapping[str, Any],
+                     prefix: Callable[[PrefixPlan, tuple[str, ...]], CachedPrefix] | None,
+                     autocast: Callable) -> tuple[PrefixPlan | None, dict[str, Any]]:
+    """Whether this end-to-end phase trains on cached prefix activations, and the record that says why (not)."""
+    budget = protocol.get("prefix_cache_mib", 0)
+    record: dict[str, Any] = {"used": False, "budget_mib": budget}
+    if prefix is None:
+        return None, record | {"reason": "no prefix cache in this run"}
+    if not budget:
+        return None, record | {"reason": "off (prefix_cache_mib=0)"}
+    if prep.augment != "none":
+        return None, record | {"reason": f"augmentation {prep.augment!r}: the prefix is not a fixed function of "
+                                          f"the image"}
+    example = prep.eval(splits.val_images[:2])
+    planned = plan_prefix(model, applied.trainable_names, example, autocast)
+    if isinstance(planned, str):
+        return None, record | {"reason": planned}
+    record |= planned.describe()
+    ids = planned.prefix.parameter_ids()
+    changed = [n for n, p in model.named_parameters() if n in trained_before and id(p) in ids]
+    if changed:
+        return None, record | {"reason": f"an earlier phase trained the prefix ({changed[0]}, ...)"}
+    needed = planned.bytes_per_image * sum(splits.sizes.values()) / (1024 * 1024)
+    record["needs_mib"] = needed
+    if needed > budget:
+        return None, record | {"reason": f"the activations need {needed:.0f} MiB, over the budget of {budget} MiB "
+                                          f"(raise it with --set prefix_cache_mib=<MiB>)"}
+    return planned, record | {"used": True}
+
+
 def _recalibration(applied: AppliedPhase, train_model: Callable, prep: DevicePreprocessor, splits: ImageSplits,
-                   protocol: Mapping[str, Any]) -> Callable[[], None]:
-    """What runs before each evaluation: re-estimating the statistics of "recalibrate" BatchNorm layers."""
+                   protocol: Mapping[str, Any], images: torch.Tensor | None = None,
+                   prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[], None]:
+    """What runs before each evaluation: re-estimating the statistics of "recalibrate" BatchNorm layers (from the
+    training images, or from ``images`` already prepared by ``prepare``, e.g. cached prefix activations)."""
     if not applied.recalibrate:
         return lambda: None
     count = min(len(splits.train_labels), protocol["recalibrate_images"])
     batch = protocol["batch_size"]
+    images = splits.train_images if images is None else images
+    prepare = prep.eval if prepare is None else prepare
 
     def before_eval() -> None:
         for layer in applied.recalibrate:
             layer.train()
-        batches = (prep.eval(splits.train_images[lo:min(lo + batch, count)]) for lo in range(0, count, batch))
+        batches = (prepare(images[lo:min(lo + batch, count)]) for lo in range(0, count, batch))
         recalibrate_batchnorm(applied.recalibrate, train_model, batches)
         for layer in applied.recalibrate:
             layer.eval()
@@ -220,5 +305,6 @@ def _phase_record(label: str, phase: Any, epochs: int, applied: AppliedPhase, on
         "restart": phase.restart, "selectable": phase.selectable, "trainable_groups": applied.trainable_groups,
         "trainable_params": applied.trainable_params, "feature_cache": on_features, "steps": result.steps,
         "train_images_per_s": result.train_images_per_s, "train_seconds": result.train_seconds,
+        "timing_warmup": result.warmup,
     }
 

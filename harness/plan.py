@@ -29,11 +29,16 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "image_size": None,  # network input side: None = the dataset's recommendation, else the weights' own
     "recalibrate_images": 512,  # training images used to re-estimate BatchNorm statistics ("recalibrate" policy)
     "feature_cache": True,  # train a head on cached frozen features when the plan allows it
+    "prefix_cache_mib": 2048,  # memory budget for cached frozen-prefix activations (0 = off); see prefix_cache.py
     "amp": "auto",  # "auto" = bf16 autocast on CUDA only; "off"; "bf16"; "fp16"
     "channels_last": "auto",  # "auto" = on for CUDA, off on CPU; or true / false
     "compile": False,
     "deterministic": False,
 }
+# Protocol settings added after version 1 that leave every number unchanged at their default (tested: identical
+# metrics with and without the prefix cache): not part of a trial's key while at the default, so old records
+# are still found; recorded in every trial all the same.
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"prefix_cache_mib": PROTOCOL_DEFAULTS["prefix_cache_mib"]}
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
@@ -90,14 +95,22 @@ class Trial:
             ident["seed"] = self.seed
         return ident
 
+    def key_identity(self, with_seed: bool = True) -> dict[str, Any]:
+        """The identity the key digests: settings added after protocol version 1 that do not change what a trial
+        measures are left out while at their defaults, so records made before they existed keep their keys."""
+        ident = self.identity(with_seed)
+        ident["protocol"] = {k: v for k, v in ident["protocol"].items()
+                             if not (k in KEY_NEUTRAL_DEFAULTS and v == KEY_NEUTRAL_DEFAULTS[k])}
+        return ident
+
     @property
     def key(self) -> str:
-        return digest_of(self.identity())[:20]
+        return digest_of(self.key_identity())[:20]
 
     @property
     def group(self) -> str:
         """Same for every seed of one configuration: the leaderboard aggregates over it."""
-        return digest_of(self.identity(with_seed=False))[:20]
+        return digest_of(self.key_identity(with_seed=False))[:20]
 
     @property
     def label(self) -> str:
@@ -139,7 +152,7 @@ def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
     if protocol["eval_batch_size"] != "auto":
         need_int("eval_batch_size", 1)
     need_int("recalibrate_images", 1)
-    for key in ("weight_decay", "warmup_epochs", "label_smoothing"):
+    for key in ("weight_decay", "warmup_epochs", "label_smoothing", "prefix_cache_mib"):
         value = protocol[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise UsageError(f"{where}{key} must be a number >= 0, got {value!r}")

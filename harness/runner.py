@@ -20,6 +20,7 @@ from tlbench.freeze import check_phases, describe
 from tlbench.measure import PeakMemory, Stopwatch, environment, forward_flops
 from tlbench.phases import CachedFeatures, apply_surgery, run_plan
 from tlbench.plan import Trial
+from tlbench.prefix_cache import PrefixCache, serve
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
 from tlbench.records import SCHEMA_VERSION, Record, RecordError
@@ -87,6 +88,7 @@ class TrialRunner:
         self.memory_baseline_kib = memory_baseline_kib
         self._data: dict[str, LoadedData] = {}
         self._features_cache: dict[str, CachedFeatures] = {}
+        self._prefix_cache = PrefixCache()  # frozen-prefix activations, shared like the features
         self._environment = environment(device)
 
     # ------------------------------------------------------------------------------------------ shared inputs
@@ -225,12 +227,19 @@ class TrialRunner:
                     device=self.device, generator=generator,
                     features=lambda needed: self._features(trial, protocol, backbone, prep, splits,
                                                            surgery is not None, needed),
-                    progress=progress_bar.update if progress_bar is not None else (lambda n: None))
+                    progress=progress_bar.update if progress_bar is not None else (lambda n: None),
+                    prefix=serve(self._prefix_cache, [backbone.name, backbone.weights, backbone.pretrained
+                                                      or trial.seed, self.data_key(trial), prep.describe(),
+                                                      protocol["amp"], trial.key if surgery is not None else None],
+                                 splits, prep.eval, protocol, self.device,
+                                 autocast_context(self.device, protocol["amp"])),
+                    on_epoch=getattr(progress_bar, "epoch", None))
 
         fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))
         train_flops = sum(p.flops_per_image * p.fit.steps * protocol["batch_size"] for p in outcome.phases)
         if outcome.feature_seconds:  # this trial ran the backbone over every split once
             train_flops += fwd_flops * sum(splits.sizes.values())
+        train_flops += outcome.prefix_flops  # this trial's share of the frozen-prefix passes
         last = outcome.phases[-1]
         return {
             "data": {"sizes": splits.sizes, "classes": splits.classes, "num_classes": num_classes,
@@ -267,7 +276,8 @@ class TrialRunner:
                 "eval_images_per_s": outcome.eval_images_per_s,
                 "peak_memory_mib": memory.result.get("peak_mib"), "peak_memory": memory.result,
                 "time_s": {"data": data.seconds, "features": outcome.feature_seconds,
-                           "train": outcome.train_seconds, "eval": outcome.val_seconds + outcome.test.seconds},
+                           "train": outcome.train_seconds, "eval": outcome.val_seconds + outcome.test.seconds,
+                           "prefix_cache": outcome.prefix_seconds},
                 "params": {"trainable": outcome.trainable_params, "total": outcome.total_params},
                 "gflops_per_image": fwd_flops / 1e9,
                 "train_gflops_total": train_flops / 1e9,

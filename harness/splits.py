@@ -6,6 +6,7 @@ the same way and a result can say exactly how its images were chosen.
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,6 +170,24 @@ def _apportion(count: int, available: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------- images to storage
+LOWEST_CROP_PCT = 0.875  # the lowest eval crop fraction common in timm/torchvision weights (resize = size / pct)
+SMALLEST_CROP_AREA = 0.25  # tlbench.preprocess.CROP_SCALE[0]: the smallest random crop, as an area fraction
+
+
+def storage_side_for(image_size: int | None, augment: str, largest: int) -> int:
+    """The side to store decoded images at so the network at ``image_size`` loses nothing, at most ``largest``:
+    the eval resize (``image_size / 0.875``) without random crops, and with them (``crop-flip``) twice
+    ``image_size``, so the smallest crop (a quarter of the area) still has ``image_size`` pixels a side. Unknown
+    ``image_size`` (the backbone's own): ``largest``."""
+    if not image_size:
+        return largest
+    if augment == "crop-flip":
+        needed = math.ceil(image_size / math.sqrt(SMALLEST_CROP_AREA))
+    else:
+        needed = math.ceil(image_size / LOWEST_CROP_PCT)
+    return min(largest, needed)
+
+
 def to_storage(images: torch.Tensor | np.ndarray, storage_size: int | None,
                channels_last: bool = False) -> torch.Tensor:
     """uint8 images (N, H, W), (N, C, H, W) or, with ``channels_last``, (N, H, W, C) with C in (1, 3) to uint8

@@ -7,6 +7,7 @@ optimizer groups the plan produced.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from torch import nn
 from tlbench.measure import synchronize
 
 WARMUP_STEPS = 3  # training steps excluded from throughput (allocator, cudnn autotuning, compile)
+WARMUP_COPY_STEPS = 2  # untimed steps on a copy of the model before a phase trains (see warm_up)
 
 
 class TrialDiverged(RuntimeError):
@@ -59,6 +61,7 @@ class FitResult:
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     timed_images: int = 0  # after warm-up: what train_images_per_s is computed from
     timed_seconds: float = 0.0
+    warmup: dict[str, Any] = field(default_factory=dict)  # the untimed warm-up before the phase (warm_up)
 
 
 def resolve_amp(device: torch.device, amp: str) -> str:
@@ -155,6 +158,44 @@ def extract_features(pre_logits: Callable[[torch.Tensor], torch.Tensor], images:
     return torch.cat(chunks), timer.finish()[1]
 
 
+def warm_up(model: nn.Module, train: Split, val: Split, batch_size: int, eval_batch_size: int,
+            device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager],
+            steps: int = WARMUP_COPY_STEPS) -> dict[str, Any]:
+    """Pay a process's one-time costs before anything is timed: a few training steps (forward, backward, AdamW) on a
+    *copy* of the model, then one evaluation forward at every batch shape validation uses. The first trial of a
+    process would otherwise pay them inside its timed region (kernel and primitive creation per shape, allocator
+    growth). The real model, its optimizer and every random generator are untouched: the copy trains, and the
+    global RNG (dropout) is forked. Returns what it did, for the record."""
+    if type(model).__name__ == "OptimizedModule":  # torch.compile's wrapper: copying it would compile again
+        return {"steps": 0, "seconds": 0.0, "note": "compiled model: its first timed steps are excluded instead"}
+    start = time.perf_counter()
+    twin = copy.deepcopy(model)
+    params = [p for p in twin.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.0) if params else None
+    eval_shapes = sorted({min(eval_batch_size, len(val)), len(val) % eval_batch_size} - {0})
+    gen_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gen_devices):
+        twin.train()
+        for step in range(min(steps, max(1, len(train) // batch_size))):
+            index = torch.arange(step * batch_size, min((step + 1) * batch_size, len(train)), device=device)
+            x = train.prepare_train(train.inputs[index], torch.Generator(device=train.inputs.device))
+            with autocast():
+                loss = nn.functional.cross_entropy(twin(x).float(), train.labels[index])
+            if optimizer is not None and loss.requires_grad:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        twin.eval()
+        with torch.no_grad():
+            for shape in eval_shapes:
+                with autocast():
+                    twin(val.prepare_eval(val.inputs[:shape]))
+    synchronize(device)
+    del twin, optimizer
+    return {"steps": steps, "eval_batch_shapes": eval_shapes, "seconds": time.perf_counter() - start,
+            "how": "untimed steps on a copy of the model, then one forward per validation batch shape"}
+
+
 @dataclass
 class BestEpoch:
     """The best validation epoch so far, across phases (earliest on ties), and the model's state at that epoch.
@@ -193,11 +234,13 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         progress: Callable[[int], None] = lambda n: None,
         epochs: int | None = None, best: BestEpoch | None = None, snapshot: nn.Module | None = None,
         selectable: bool = True, first_epoch: int = 1, phase: str = "", best_tag: Any = None,
-        span: ScheduleSpan | None = None, loss_term: Callable[[], torch.Tensor] | None = None) -> FitResult:
+        span: ScheduleSpan | None = None, loss_term: Callable[[], torch.Tensor] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``model`` for ``epochs`` (default ``protocol['epochs']``); after each epoch run ``before_eval``
     (BatchNorm recalibration), score the validation split, and offer the weights to ``best`` (earliest best epoch
     wins; epochs of a phase that is not ``selectable`` are scored and logged only). ``loss_term()`` is added to the
-    task loss at every step, in float32 outside autocast. Epochs are numbered from ``first_epoch``."""
+    task loss at every step, in float32 outside autocast. Epochs are numbered from ``first_epoch``. ``on_epoch``
+    gets each epoch's history entry plus ``images_per_s`` (that epoch's training images per second)."""
     epochs = protocol["epochs"] if epochs is None else epochs
     batch_size = protocol["batch_size"]
     best = best if best is not None else BestEpoch()
@@ -218,6 +261,8 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step + offset))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=protocol["label_smoothing"])
     eval_model = eval_model or model
+    warmup = warm_up(model, train, val, batch_size, resolve_eval_batch_size(device, protocol["eval_batch_size"]),
+                     device, autocast)
 
     history: list[dict[str, Any]] = []
     phase_best: tuple[float, int] = (-1.0, 0)
@@ -280,6 +325,8 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         if loss_term is not None:
             entry["loss_term"] = (term_sum / steps_per_epoch).item()
         history.append(entry)
+        if on_epoch is not None:
+            on_epoch({**entry, "images_per_s": steps_per_epoch * batch_size / max(epoch_end - epoch_start, 1e-9)})
         if result.top1 > phase_best[0]:
             phase_best, phase_best_eval = (result.top1, epoch), result
         if selectable:
@@ -290,4 +337,4 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
                      best_val=best.evaluation or phase_best_eval, history=history,
                      train_images_per_s=(timed_images / timed_seconds) if timed_seconds > 0 else None,
                      train_seconds=train_seconds, val_seconds=val_seconds, steps=step, best_state=best.state,
-                     timed_images=timed_images, timed_seconds=timed_seconds)
+                     timed_images=timed_images, timed_seconds=timed_seconds, warmup=warmup)

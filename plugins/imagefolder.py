@@ -10,7 +10,10 @@ files decode in some Pillow versions) scaled from 0..65535 to 0..255 with roundi
 0..1 when it fits, else 0..255; transparent images (RGBA, LA, PA, P or L/RGB with a transparent colour) are
 composited onto white, so the result depends only on what is visible and not on the arbitrary colour an encoder
 left under transparent pixels; CMYK, palette, 1-bit and YCbCr are converted by PIL. Images are then stored at
-``storage_size``: shorter side resized (bicubic, antialiased), centre-cropped to a square.
+``storage_size``: shorter side resized (bicubic, antialiased), centre-cropped to a square. ``storage_size="auto"``
+(the default) is the size the network needs when ``data.image_size`` says it (``image_size / 0.875``, or twice
+``image_size`` with random crops; see :func:`tlbench.splits.storage_side_for`), at most 256 px, which is also the
+size used when the network's input size is the backbone's own.
 """
 from __future__ import annotations
 
@@ -27,13 +30,14 @@ from PIL import Image, ImageOps
 from tlbench import ImageSplits, UsageError, hookimpl
 from tlbench.digests import digest_of, files_fingerprint
 from tlbench.splits import (DataWarning, check_common_options, decode_parallel, fit_image, merged_options,
-                            require_choice, require_fraction, stratified_split)
+                            require_choice, require_fraction, storage_side_for, stratified_split)
 
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 IGNORED_FILES = {"Thumbs.db", "desktop.ini"}
 SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 BAD_IMAGE_POLICIES = ("fail", "skip")
+LARGEST_STORAGE = 256  # "auto" never stores larger (what 224 px networks need: 224 / 0.875)
 
 
 # ------------------------------------------------------------------------------------------ decoding to RGB
@@ -154,11 +158,16 @@ class ImageFolder:
     takes_argument = True
     defaults: Mapping[str, Any] = {
         "train_size": 0, "val_size": 0, "test_size": 0, "val_fraction": 0.15, "test_fraction": 0.15,
-        "split_seed": 0, "storage_size": 256, "augment": "crop-flip", "image_size": None, "on_bad_image": "fail",
+        "split_seed": 0, "storage_size": "auto", "augment": "crop-flip", "image_size": None, "on_bad_image": "fail",
     }
 
     def validate(self, options: Mapping[str, Any]) -> dict[str, Any]:
         options = merged_options(self.defaults, options)
+        if options["storage_size"] == "auto":  # resolved here, so the decode cache is keyed by the real size
+            require_choice(options, "augment", ("none", "flip", "crop-flip"))
+            image_size = options["image_size"] if isinstance(options["image_size"], int) else None
+            options["storage_size"] = storage_side_for(image_size, options["augment"], LARGEST_STORAGE)
+            options["storage_size_setting"] = "auto"
         meaning = "0 = use data.val_fraction/data.test_fraction, the rest for train"
         check_common_options(options, {key: (0, meaning) for key in ("train_size", "val_size", "test_size")})
         if require_fraction(options, "val_fraction") + require_fraction(options, "test_fraction") >= 1:
@@ -211,7 +220,9 @@ class ImageFolder:
                                f"stratified split of {'all images' if key == 'all' else 'train/'}")
                        for split, (key, _) in chosen.items()},
             "files": len(found.all_files()), "split_seed": options["split_seed"],
-            "storage_size": options["storage_size"], "skipped": skipped,
+            "storage_size": options["storage_size"], "storage_size_setting": options.get("storage_size_setting",
+                                                                                         "given"),
+            "skipped": skipped,
         }
         return ImageSplits(*parts["train"], *parts["val"], *parts["test"], list(found.classes), source)
 
