@@ -88,3 +88,13 @@ def test_trial_record_carries_everything_needed_to_rerun(overrides):
 def test_string_settings_keep_the_word_none():
     trial = grid(parse_overrides(["data.augment=none", "image_size=none"]))[0]
     assert trial.data_options["augment"] == "none" and trial.protocol["image_size"] is None
+
+
+def test_a_setting_that_changes_no_number_keeps_old_keys_at_its_default_and_is_still_recorded():
+    base = {k: v for k, v in PROTOCOL_DEFAULTS.items() if k != "prefix_cache_mib"}  # as protocol version 1 had it
+    old = Trial("synthetic", "b", "frozen", 0, base, {"head_lr": 1e-3}, {})
+    new = Trial("synthetic", "b", "frozen", 0, dict(PROTOCOL_DEFAULTS), {"head_lr": 1e-3}, {})
+    assert new.key == old.key and new.group == old.group
+    assert new.to_record()["protocol"]["prefix_cache_mib"] == PROTOCOL_DEFAULTS["prefix_cache_mib"]
+    off = Trial("synthetic", "b", "frozen", 0, {**PROTOCOL_DEFAULTS, "prefix_cache_mib": 0}, {"head_lr": 1e-3}, {})
+    assert off.key != new.key, "a non-default value is part of the key"
