@@ -169,19 +169,20 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         retry_failed: bool, quiet: bool, fmt: str) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped."""
     from tlbench.leaderboard import FORMATS, render
-    from tlbench.plan import build_trials, parse_overrides
-    from tlbench.runner import TrialRunner, pick_device, resolve
+    from tlbench.devices import pick_device
+    from tlbench.plan import build_trials, check_seeds, parse_overrides
+    from tlbench.runner import TrialRunner, resolve
     from tlbench.store import ResultStore, default_results_dir
 
     plugins = _plugins()
-    plugins.require_valid()
+    if run_all:  # "every registered strategy" is not every one while a plugin is broken
+        plugins.require_valid()
     hint = plugins.failure_hint()
     if fmt not in FORMATS:
         _fail(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not strategies and not run_all:
         _fail("choose strategies with -s NAME (see `tlbench list strategies`) or run everything with --all")
-    if seeds < 1:
-        _fail(f"--seeds must be >= 1, got {seeds}")
+    check_seeds(first_seed, seeds)
     strategy_names = list(dict.fromkeys(strategies)) or plugins.strategies.names()
     chosen_strategies = [(name, plugins.strategies.get(name, hint)) for name in strategy_names]
     backbone_names = list(dict.fromkeys(backbones)) or list(DEFAULT_BACKBONES)
@@ -200,7 +201,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         overrides["deterministic"] = True
     trials = build_trials(datasets=chosen_datasets, backbones=backbone_names, strategies=chosen_strategies,
                           seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
-                          registered_strategies=plugins.strategies.names())
+                          registered_strategies=dict(plugins.strategies.items()))
 
     store = ResultStore(results_dir or default_results_dir())
     store.check_writable()
