@@ -15,13 +15,14 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from tlbench.divergence import finite_divergence
 from tlbench.measure import synchronize
 
 WARMUP_STEPS = 3  # training steps excluded from throughput (allocator, cudnn autotuning, compile)
 
 
 class TrialDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or blew up before anything was learnt (tlbench.divergence)."""
 
 
 @dataclass
@@ -280,6 +281,9 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         if loss_term is not None:
             entry["loss_term"] = (term_sum / steps_per_epoch).item()
         history.append(entry)
+        diverged = finite_divergence(history, num_classes, len(val))  # the rule: tlbench.divergence
+        if diverged:
+            raise TrialDiverged(diverged)
         if result.top1 > phase_best[0]:
             phase_best, phase_best_eval = (result.top1, epoch), result
         if selectable:
