@@ -15,11 +15,16 @@ def digest_of(*parts: Any) -> str:
 
 def files_fingerprint(paths: Iterable[Path], base: Path) -> str:
     """sha256 of (path relative to ``base``, size, mtime_ns) of each file: cheap, and changes whenever a file is
-    added, removed, rewritten or touched."""
+    added, removed, rewritten or touched. A file that cannot be stat'ed (a dangling symlink, a symlink loop, no
+    permission) counts by its error: it is the decoder's job to report or skip it like any unreadable image."""
     digest = hashlib.sha256()
     for path in sorted(paths):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(base).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = path.stat()
+            state = f"{stat.st_size}\0{stat.st_mtime_ns}"
+        except OSError as exc:
+            state = f"unreadable\0{exc.errno}"
+        digest.update(f"{path.relative_to(base).as_posix()}\0{state}\n".encode())
     return digest.hexdigest()
 
 

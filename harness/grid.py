@@ -275,7 +275,7 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     "auto" (a bar on a terminal, lines otherwise), "bar", "lines" or "off". Bad input raises :class:`UsageError`
     before anything is written. Nothing is printed unless ``reporter`` prints.
     """
-    from tlbench.plan import build_trials
+    from tlbench.plan import build_trials, check_seeds
     from tlbench.registry import Plugins
     from tlbench.store import ResultStore, default_results_dir
 
@@ -283,11 +283,13 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     reporter = reporter or Reporter()
     if progress not in PROGRESS_MODES:
         raise UsageError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {seeds!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (seeds, first_seed)):
+        raise UsageError(f"seeds must be integers, got --seed {first_seed!r} with --seeds {seeds!r}")
+    check_seeds(first_seed, seeds)
     if plugins is None:
         plugins = Plugins()
-    plugins.require_valid()
+    if not strategies:  # "every registered strategy" is not every one while a plugin is broken
+        plugins.require_valid()
     hint = plugins.failure_hint()
     strategy_names = list(dict.fromkeys(strategies)) or plugins.strategies.names()
     chosen_strategies = [(name, plugins.strategies.get(name, hint)) for name in strategy_names]
@@ -308,12 +310,13 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     options = executor_options(chosen_executor, given_options)
     trials = build_trials(datasets=chosen_datasets, backbones=backbone_names, strategies=chosen_strategies,
                           seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
-                          registered_strategies=plugins.strategies.names())
+                          registered_strategies=dict(plugins.strategies.items()))
 
     store = ResultStore(results_dir or default_results_dir(), warn=warn)
     store.check_writable()
     in_process = bool(getattr(chosen_executor, "in_process", False))
-    from tlbench.runner import TrialRunner, check_device, pick_device
+    from tlbench.devices import check_device, pick_device
+    from tlbench.runner import TrialRunner
 
     check_device(device)
     driver_device = pick_device(device) if in_process or getattr(chosen_executor, "same_machine", False) else None

@@ -114,7 +114,8 @@ class Worker:
 
         from tlbench.measure import resident_set_kib
         from tlbench.registry import Plugins
-        from tlbench.runner import TrialRunner, pick_device
+        from tlbench.devices import pick_device
+        from tlbench.runner import TrialRunner
 
         started = time.perf_counter()
         self.plugins = plugins if plugins is not None else Plugins(load_third_party=third_party_plugins)

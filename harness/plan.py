@@ -9,12 +9,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from tlbench import PROTOCOL_VERSION
 from tlbench.digests import digest_of
-from tlbench.types import UsageError
+from tlbench.types import MIN_IMAGE_SIZE, TrainPlan, UsageError
 
 # The shared protocol: identical for every strategy unless the strategy overrides a key (recorded either way).
 PROTOCOL_DEFAULTS: dict[str, Any] = {
@@ -41,6 +42,9 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
 KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"prefix_cache_mib": PROTOCOL_DEFAULTS["prefix_cache_mib"]}
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+# Integers reach torch (seeds, sizes, step counts) as int64: anything outside it overflows somewhere, later.
+INT64_MAX = 2**63 - 1
+MAX_SEED = INT64_MAX
 
 
 def parse_value(text: str) -> Any:
@@ -57,13 +61,55 @@ def parse_value(text: str) -> Any:
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as {key: value}. A key is ``name`` or ``scope.name`` (scope: a strategy or
+    ``data``): an empty part, a trailing dot, a second dot or a space in it is refused, never silently ignored."""
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE (e.g. --set full.lr=3e-4), got {item!r}")
-        overrides[key.strip()] = parse_value(value)
+        parts = key.split(".")
+        if len(parts) > 2 or not all(parts) or any(part != part.strip() or " " in part for part in parts):
+            raise UsageError(f"--set key {key!r} is malformed: use NAME (a protocol setting, e.g. epochs=5) or "
+                             f"SCOPE.NAME with a strategy or 'data' as the scope (e.g. full.lr=3e-4, "
+                             f"data.train_size=2000)")
+        overrides[key] = parse_value(value)
     return overrides
+
+
+def check_numbers(value: Any, where: str) -> None:
+    """Every number in a setting, however nested (lists, dicts), must be finite and fit in int64: ``NaN``,
+    ``Infinity``, ``1e999`` and ``2**64`` are refused before anything runs (and records stay strict JSON)."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where} must be a finite number, got {value!r}; fix it with --set {where}=<value>")
+    if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise UsageError(f"{where} is out of range ({value}; integers must fit in 64 bits); "
+                         f"fix it with --set {where}=<value>")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_numbers(item, where)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            check_numbers(item, where)
+
+
+def check_image_size(value: Any, where: str) -> None:
+    """One rule for the network input side, whether set in the protocol or as a dataset option."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < MIN_IMAGE_SIZE):
+        raise UsageError(f"{where} must be an integer >= {MIN_IMAGE_SIZE} or none, got {value!r}; "
+                         f"fix it with --set {where}=<value>")
+
+
+def check_seeds(first_seed: int, seeds: int) -> None:
+    """Seeds go to torch and numpy generators: from 0 to 2**63 - 1, the last one included."""
+    if seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    if first_seed < 0 or first_seed + seeds - 1 > MAX_SEED:
+        raise UsageError(f"seeds must lie in 0..{MAX_SEED}, got --seed {first_seed} with --seeds {seeds}; "
+                         f"pick a smaller --seed")
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -141,6 +187,9 @@ def _keep_type(value: Any, default: Any) -> Any:
 
 
 def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
+    for key, value in protocol.items():
+        check_numbers(value, f"{where}{key}")
+
     def need_int(key: str, minimum: int) -> None:
         value = protocol[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -164,9 +213,7 @@ def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
         raise UsageError(f"{where}amp must be one of {', '.join(AMP_MODES)}, got {protocol['amp']!r}")
     if protocol["optimizer"] != "adamw":
         raise UsageError(f"{where}optimizer: only 'adamw' is supported, got {protocol['optimizer']!r}")
-    size = protocol["image_size"]
-    if size is not None and (not isinstance(size, int) or size < 8):
-        raise UsageError(f"{where}image_size must be an integer >= 8 or none, got {size!r}")
+    check_image_size(protocol["image_size"], f"{where}image_size")
 
 
 def validate_strategy(strategy: Any, hparams: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
@@ -177,6 +224,39 @@ def validate_strategy(strategy: Any, hparams: Mapping[str, Any], protocol: Mappi
         strategy.validate(hparams)
         return
     strategy.validate(hparams, protocol)
+
+
+def _check_unselected(key: str, value: Any, registered: Iterable[str] | Mapping[str, Any]) -> None:
+    """A setting for a registered strategy outside this grid is ignored (one settings list serves many grids),
+    but it must still name one of that strategy's settings and hold finite numbers. ``registered`` maps names to
+    strategies; a plain list of names (older callers) only allows the name check."""
+    check_numbers(value, key)
+    scope, _, sub = key.partition(".")
+    strategy = registered.get(scope) if isinstance(registered, Mapping) else None
+    if strategy is None:
+        return
+    known = list(strategy.defaults) + list(PROTOCOL_DEFAULTS)
+    if sub not in known:
+        raise UsageError(f"unknown setting {key!r}: {scope} has {', '.join(sorted(known))}"
+                         f"{_did_you_mean(sub, known)}")
+
+
+def strategy_plan(strategy: Any, group_names: Sequence[str], hparams: Mapping[str, Any],
+                  backbone: str = "the backbone") -> TrainPlan:
+    """``strategy.plan(group_names, hparams)``, checked: it must return a TrainPlan. A plan that looks up a group
+    this backbone lacks (KeyError, IndexError, ValueError from ``group_names.index``) is bad input for this grid,
+    said in one line by the pre-run check; any other exception is a bug in the plugin, recorded with the trial."""
+    try:
+        plan = strategy.plan(list(group_names), hparams)
+    except (LookupError, ValueError) as exc:
+        raise UsageError(f"strategy {strategy.name!r} cannot plan for {backbone} (its groups: "
+                         f"{', '.join(group_names)}): plan() raised {type(exc).__name__}: {exc}, as when it names a "
+                         f"group the backbone lacks; pick another backbone, or fix the strategy's plan()") from exc
+    if not isinstance(plan, TrainPlan):
+        raise UsageError(f"strategy {strategy.name!r}: plan() returned {type(plan).__name__}, but it must return a "
+                         f"tlbench.TrainPlan, e.g. TrainPlan({{'head': 1e-3}}, 'frozen') (see README, Writing a "
+                         f"strategy plugin)")
+    return plan
 
 
 def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str],
@@ -220,6 +300,8 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                 changed.pop(sub, None)
             used.add(key)
         validate_protocol(protocol, f"{name}." if any(k.startswith(name + ".") for k in used) else "")
+        for key, value in hparams.items():
+            check_numbers(value, f"{name}.{key}")
         validate_strategy(strategy, hparams, protocol)
         resolved_strategies.append((name, protocol, hparams, changed))
 
@@ -240,6 +322,9 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
         if isinstance(split_seed, str) and split_seed != SPLIT_SEED_PER_TRIAL:
             raise UsageError(f"data.split_seed must be an integer >= 0 or {SPLIT_SEED_PER_TRIAL!r} (a new train/val "
                              f"split for every seed), got {split_seed!r}; fix it with --set data.split_seed=<value>")
+        for key, value in options.items():
+            check_numbers(value, f"data.{key}")
+        check_image_size(options.get("image_size"), "data.image_size")
         data_changed = {f"data.{k}": v for k, v in options.items() if v != family.defaults[k]}
         resolved_datasets.append((name, options, data_changed))
 
@@ -249,6 +334,7 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
         scope = key.partition(".")[0]
         if "." in key and scope not in strategy_names and scope != "data":
             if scope in set(registered_strategies):
+                _check_unselected(key, overrides[key], registered_strategies)
                 continue
             candidates = sorted(strategy_names | set(registered_strategies)) + ["data"]
             raise UsageError(f"unknown setting {key!r}: {scope!r} is not a selected strategy or 'data'"

@@ -8,7 +8,7 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import pluggy
 
@@ -42,6 +42,8 @@ DEFAULT_PLUGINS = (
 )
 
 T = TypeVar("T")
+HOOK_NAMES = tuple(sorted(name for name in dir(hookspecs)
+                          if hasattr(getattr(hookspecs, name), hookspecs.PROJECT_NAME + "_spec")))
 
 
 @dataclass
@@ -54,25 +56,50 @@ class PluginInfo:
 
 
 class Registry(Generic[T]):
-    """Named objects of one kind. ``register`` validates; ``get`` resolves with "did you mean"."""
+    """Named objects of one kind. ``register`` validates; ``get`` resolves with "did you mean".
 
-    def __init__(self, kind: str, plural: str, check: Callable[[Any], T]):
+    A registration that is wrong (not the right type, no valid name, a name taken) is reported through
+    ``on_problem(plugin, message)`` instead of raised, so one plugin's mistake does not break every command: the
+    object is left out, and a name registered twice is withheld from both owners, so only runs that ask for it
+    stop, with the message."""
+
+    def __init__(self, kind: str, plural: str, check: Callable[[Any], T],
+                 on_problem: Callable[[str, str], None] | None = None):
         self.kind = kind
         self.plural = plural
         self._check = check
         self._entries: dict[str, tuple[T, str]] = {}
+        self._conflicts: dict[str, str] = {}  # name -> why it cannot be used (registered twice)
         self.current_plugin = "?"
+        self._on_problem = on_problem
+
+    def _problem(self, message: str) -> None:
+        if self._on_problem is None:
+            raise UsageError(message)
+        self._on_problem(self.current_plugin, message)
 
     def register(self, obj: Any) -> None:
-        item = self._check(obj)
+        try:
+            item = self._check(obj)
+        except UsageError as exc:
+            self._problem(f"plugin {self.current_plugin!r}: {exc}")
+            return
         name = getattr(item, "name", None)
         if not isinstance(name, str) or not name or ":" in name:
-            raise UsageError(f"plugin {self.current_plugin!r} registered a {self.kind} without a valid name "
-                             f"({name!r}); give it a non-empty `name` without ':'")
-        if name in self._entries:
-            other = self._entries[name][1]
-            raise UsageError(f"{self.kind} name {name!r} is registered twice, by plugin {other!r} and by plugin "
-                             f"{self.current_plugin!r}; uninstall or rename one of them")
+            self._problem(f"plugin {self.current_plugin!r} registered a {self.kind} without a valid name "
+                          f"({name!r}); give it a non-empty `name` without ':'")
+            return
+        if name in self._entries or name in self._conflicts:
+            owners = [self._entries.pop(name)[1]] if name in self._entries else []
+            message = (f"{self.kind} name {name!r} is registered twice, by plugin "
+                       f"{owners[0] if owners else '(another)'!r} and by plugin {self.current_plugin!r}; "
+                       f"uninstall or rename one of them") if owners else self._conflicts[name]
+            self._conflicts[name] = message
+            for owner in owners:
+                if self._on_problem is not None:
+                    self._on_problem(owner, message)
+            self._problem(message)
+            return
         self._entries[name] = (item, self.current_plugin)
 
     def names(self) -> list[str]:
@@ -87,6 +114,8 @@ class Registry(Generic[T]):
     def get(self, name: str, hint: str = "") -> T:
         if name in self._entries:
             return self._entries[name][0]
+        if name in self._conflicts:
+            raise UsageError(self._conflicts[name])
         raise UsageError(self.unknown_message(name, hint))
 
     def unknown_message(self, name: str, hint: str = "") -> str:
@@ -103,14 +132,37 @@ def _as_strategy(obj: Any) -> Strategy:
     return obj
 
 
-def _protocol_check(kind: str, protocol: type, members: tuple[str, ...]) -> Callable[[Any], Any]:
+def _protocol_check(kind: str, protocol: type, members: tuple[str, ...],
+                    extra: Callable[[Any], None] = lambda obj: None) -> Callable[[Any], Any]:
     def check(obj: Any) -> Any:
+        if isinstance(obj, type):
+            raise UsageError(f"register_{kind}s got the class {obj.__name__}; register an instance: "
+                             f"register({obj.__name__}())")
         missing = [member for member in members if not hasattr(obj, member)]
         if missing:
             raise UsageError(f"register_{kind}s got {obj!r}, which is not a tlbench.{protocol.__name__} "
                              f"(missing: {', '.join(missing)})")
+        extra(obj)
         return obj
     return check
+
+
+# What the harness reads from every dataset's options; a family must give each a default (tlbench.splits has the
+# checks and the README, "Writing a dataset plugin", the meaning).
+REQUIRED_DATASET_DEFAULTS = ("train_size", "val_size", "test_size", "split_seed", "storage_size", "augment",
+                             "image_size")
+
+
+def _check_dataset_defaults(family: Any) -> None:
+    defaults = family.defaults
+    if not isinstance(defaults, Mapping):
+        raise UsageError(f"dataset {getattr(family, 'name', family)!r}: `defaults` must be a dict of options, got "
+                         f"{type(defaults).__name__}")
+    missing = [key for key in REQUIRED_DATASET_DEFAULTS if key not in defaults]
+    if missing:
+        raise UsageError(f"dataset {getattr(family, 'name', family)!r} lacks required default(s) "
+                         f"{', '.join(missing)}; every dataset family's `defaults` must hold "
+                         f"{', '.join(REQUIRED_DATASET_DEFAULTS)} (see README, Writing a dataset plugin)")
 
 
 class Plugins:
@@ -123,18 +175,19 @@ class Plugins:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
-        self.strategies: Registry[Strategy] = Registry("strategy", "strategies", _as_strategy)
+        self.strategies: Registry[Strategy] = Registry("strategy", "strategies", _as_strategy, self._report)
         self.backbones: Registry[BackboneFamily] = Registry("backbone", "backbones", _protocol_check(
-            "backbone", BackboneFamily, ("name", "description", "takes_argument", "build")))
+            "backbone", BackboneFamily, ("name", "description", "takes_argument", "build")), self._report)
         self.datasets: Registry[DatasetFamily] = Registry("dataset", "datasets", _protocol_check(
-            "dataset", DatasetFamily, ("name", "description", "takes_argument", "defaults", "fingerprint", "load")))
+            "dataset", DatasetFamily, ("name", "description", "takes_argument", "defaults", "fingerprint", "load"),
+            _check_dataset_defaults), self._report)
         self.executors: Registry[Executor] = Registry("executor", "executors", _protocol_check(
-            "executor", Executor, ("name", "description", "execute")))
+            "executor", Executor, ("name", "description", "execute")), self._report)
         self.leaderboard_formats: Registry[LeaderboardFormat] = Registry(
             "leaderboard format", "formats", _protocol_check(
-                "leaderboard_format", LeaderboardFormat, ("name", "description", "render")))
+                "leaderboard_format", LeaderboardFormat, ("name", "description", "render")), self._report)
         self.report_sections: Registry[ReportSection] = Registry("report section", "sections", _protocol_check(
-            "report_section", ReportSection, ("name", "title", "order", "render")))
+            "report_section", ReportSection, ("name", "title", "order", "render")), self._report)
         from tlbench import __version__
 
         for module_name in DEFAULT_PLUGINS:
@@ -151,16 +204,40 @@ class Plugins:
         self._collect()
 
     def _add(self, plugin: Any, name: str, version: str, builtin: bool) -> None:
+        """Registers one plugin module with pluggy. Whatever is wrong with it (a hook name that is not a tlbench
+        hook, a wrong signature, a name taken, no hook at all) is recorded against this plugin only."""
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
+        except (pluggy.PluginValidationError, ValueError) as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            self.info[name] = PluginInfo(name, version, builtin, error=f"invalid hook implementation: {exc}")
+            self.info[name] = PluginInfo(name, version, builtin, error=self._invalid_hook_message(plugin, exc))
             return
         hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
         self.info[name] = PluginInfo(name, version, builtin, hooks)
+        if not hooks:
+            unmarked = [hook for hook in HOOK_NAMES if callable(getattr(plugin, hook, None))]
+            self.info[name].error = (
+                f"registers no tlbench hook: {', '.join(unmarked)} lack(s) @hookimpl (from tlbench import hookimpl)"
+                if unmarked else f"registers no tlbench hook; decorate its hook functions ({', '.join(HOOK_NAMES)}) "
+                                 f"with @hookimpl (from tlbench import hookimpl)")
+
+    def _invalid_hook_message(self, plugin: Any, exc: Exception) -> str:
+        if isinstance(exc, ValueError):  # pluggy: the name or the module is registered already
+            return f"not loaded: {_one_line(exc)}"
+        unknown = [attr for attr in dir(plugin) if attr not in HOOK_NAMES
+                   and self.pm.parse_hookimpl_opts(plugin, attr) is not None]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], HOOK_NAMES, n=1, cutoff=0.5)
+            fix = f"did you mean {close[0]!r}?" if close else f"tlbench hooks are {', '.join(HOOK_NAMES)}"
+            return f"invalid hook implementation: {unknown[0]!r} is not a tlbench hook; {fix}"
+        return f"invalid hook implementation: {_one_line(exc)}"
+
+    def _report(self, plugin: str, message: str) -> None:
+        """A problem found in what ``plugin`` registered: shown by `tlbench plugins`, in "unknown name" hints."""
+        info = self.info.setdefault(plugin, PluginInfo(plugin, "", False))
+        info.error = f"{info.error}; {message}" if info.error else message
 
     def _collect(self) -> None:
         hook_to_registry = {
@@ -175,10 +252,17 @@ class Plugins:
             caller = getattr(self.pm.hook, hook_name)
             for impl in caller.get_hookimpls():
                 registry.current_plugin = impl.plugin_name
-                impl.function(register=registry.register)
+                try:
+                    impl.function(register=registry.register)
+                except Exception as exc:  # a bug in one plugin's hook: that plugin's problem only
+                    self._report(impl.plugin_name, f"its {hook_name} raised {_one_line(exc)}")
 
     def add_commands(self, cli: Any) -> None:
-        self.pm.hook.register_commands(cli=cli)
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                self._report(impl.plugin_name, f"its register_commands raised {_one_line(exc)}")
 
     @property
     def failures(self) -> list[PluginInfo]:
@@ -192,11 +276,13 @@ class Plugins:
         return f"; plugins that failed to load: {names}"
 
     def require_valid(self) -> None:
-        """Invalid hook implementations are bugs in installed code: refuse to run until they are fixed."""
+        """For `run --all`: "every registered strategy" is not every one while a plugin is broken, so refuse
+        until it is fixed or uninstalled. Runs that name what they need are not stopped by other plugins."""
         for info in self.failures:
-            if info.error and info.error.startswith("invalid hook"):
-                raise UsageError(f"plugin {info.name!r} has an {info.error}; fix the plugin's hook signature "
-                                 f"or uninstall it (see `tlbench plugins`)")
+            fix = ("fix the plugin's hook signature or uninstall it" if info.error.startswith("invalid hook")
+                   else "fix or uninstall it, or name the strategies with -s")
+            raise UsageError(f"plugin {info.name!r} has a problem ({info.error}), so --all cannot run every "
+                             f"strategy; {fix} (see `tlbench plugins`)")
 
 
 def _one_line(exc: BaseException) -> str:

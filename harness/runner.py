@@ -16,10 +16,11 @@ from typing import Any, Callable
 import torch
 
 from tlbench.data_cache import load_splits
+from tlbench.devices import pick_device  # noqa: F401  (moved there; kept importable from here)
 from tlbench.freeze import check_phases, describe
 from tlbench.measure import PeakMemory, Stopwatch, environment, forward_flops
 from tlbench.phases import CachedFeatures, apply_surgery, run_plan
-from tlbench.plan import Trial
+from tlbench.plan import Trial, strategy_plan
 from tlbench.prefix_cache import PrefixCache, serve
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
@@ -38,31 +39,6 @@ def resolve(registry: Any, name: str, hint: str = "") -> tuple[Any, str | None]:
     if not family.takes_argument and sep:
         raise UsageError(f"{registry.kind} {family_name!r} takes no argument; use {family_name!r}")
     return family, (argument if sep else None)
-
-
-SUPPORTED_DEVICES = ("cpu", "cuda", "cuda:N")
-
-
-def check_device(requested: str | None) -> None:
-    """The device string names a device tlbench runs on (whether this machine has it is pick_device's check)."""
-    if requested is None:
-        return
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"unsupported device {requested!r}; use one of {', '.join(SUPPORTED_DEVICES)}")
-
-
-def pick_device(requested: str | None) -> torch.device:
-    check_device(requested)
-    if requested:
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -144,7 +120,7 @@ class TrialRunner:
             strategy = self.plugins.strategies.get(trial.strategy, hint)
             backbone = built[trial.backbone]
             try:
-                plan = strategy.plan(backbone.group_names, trial.hparams)
+                plan = strategy_plan(strategy, backbone.group_names, trial.hparams, trial.backbone)
                 check_phases(plan.all_phases(), backbone.group_names, trial.protocol["epochs"], strategy.name)
                 if plan.surgery is not None:  # on a copy: e.g. adapters that find no module to wrap
                     apply_surgery(copy.deepcopy(backbone), plan)
@@ -206,7 +182,7 @@ class TrialRunner:
             torch.manual_seed(trial.seed)
             generator = torch.Generator().manual_seed(trial.seed)
             backbone = family.build(argument, num_classes, pretrained=strategy.pretrained)
-            plan = strategy.plan(backbone.group_names, trial.hparams)
+            plan = strategy_plan(strategy, backbone.group_names, trial.hparams, trial.backbone)
             check_phases(plan.all_phases(), backbone.group_names, protocol["epochs"], strategy.name)
             group_of, surgery = apply_surgery(backbone, plan)
             image_size = protocol["image_size"] or trial.data_options.get("image_size")

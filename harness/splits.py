@@ -1,5 +1,5 @@
-"""Helpers shared by the dataset plugins: option checks, a deterministic stratified split, and turning decoded
-images into the uint8 (N, 3, H, W) tensors of :class:`tlbench.ImageSplits` at a storage resolution.
+"""The public toolkit for dataset plugins (README, "Writing a dataset plugin"): option checks, a deterministic
+stratified split, a memory check, parallel decoding, and turning decoded images into the uint8 (N, 3, H, W) tensors of :class:`tlbench.ImageSplits` at a storage resolution.
 
 Every dataset family uses the same split and the same resizing, so two datasets with the same options are prepared
 the same way and a result can say exactly how its images were chosen.
@@ -18,7 +18,13 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
+from tlbench.plan import check_image_size
 from tlbench.types import UsageError
+
+# The dataset-author toolkit (README, "Writing a dataset plugin"): what the built-in datasets use.
+__all__ = ["AUGMENTATIONS", "DataWarning", "available_memory", "check_common_options", "data_dir", "decode_parallel",
+           "fit_image", "merged_options", "require_choice", "require_fraction", "require_int", "require_memory",
+           "require_optional_int", "stratified_split", "to_storage"]
 
 AUGMENTATIONS = ("none", "flip", "crop-flip")
 DATA_DIR_ENV = "TLBENCH_DATA_DIR"  # where torchvision-style datasets are downloaded to / looked for
@@ -81,8 +87,33 @@ def check_common_options(options: Mapping[str, Any], size_minimums: Mapping[str,
         require_int(options, key, minimum, f" ({meaning})" if meaning else "")
     require_int(options, "split_seed", 0)
     require_optional_int(options, "storage_size", 1, "keep the native size")
-    require_optional_int(options, "image_size", 1, "the backbone's native size")
+    check_image_size(options.get("image_size"), "data.image_size")  # the harness's one rule (tlbench.plan)
     require_choice(options, "augment", AUGMENTATIONS)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the process could still get: Linux's ``MemAvailable``, else the free physical pages; None
+    where neither is known."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def require_memory(nbytes: int, what: str, fix: str) -> None:
+    """Refuse, before allocating, a dataset that cannot fit in memory: a one-line UsageError saying how much
+    ``what`` needs, how much is available and ``fix`` (e.g. "lower data.train_size")."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise UsageError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB "
+                         f"is available; {fix}")
 
 
 # ------------------------------------------------------------------------------------------- stratified split
@@ -225,6 +256,9 @@ def decode_parallel(items: Sequence[T], decode: Callable[[T], np.ndarray], stora
     With ``storage_size`` None every image must have the same size, else a UsageError asks for a storage size.
     """
     count = len(items)
+    if storage_size:
+        require_memory(count * 3 * storage_size * storage_size, f"{count} images at {storage_size} px",
+                       "lower data.storage_size or the split sizes")
     failures: dict[int, str] = {}
     native: list[np.ndarray | None] = [None] * count
     out = torch.zeros((count, 3, storage_size, storage_size), dtype=torch.uint8) if storage_size else None

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from tlbench.divergence import finite_divergence
 from tlbench.measure import synchronize
 
 WARMUP_STEPS = 3  # training steps excluded from throughput (allocator, cudnn autotuning, compile)
@@ -23,7 +24,7 @@ WARMUP_COPY_STEPS = 2  # untimed steps on a copy of the model before a phase tra
 
 
 class TrialDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or blew up before anything was learnt (tlbench.divergence)."""
 
 
 @dataclass
@@ -327,6 +328,9 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         history.append(entry)
         if on_epoch is not None:
             on_epoch({**entry, "images_per_s": steps_per_epoch * batch_size / max(epoch_end - epoch_start, 1e-9)})
+        diverged = finite_divergence(history, num_classes, len(val))  # the rule: tlbench.divergence
+        if diverged:
+            raise TrialDiverged(diverged)
         if result.top1 > phase_best[0]:
             phase_best, phase_best_eval = (result.top1, epoch), result
         if selectable:

@@ -14,6 +14,9 @@ import torch
 from torch import nn
 
 
+MIN_IMAGE_SIZE = 8  # smallest network input side, for the protocol's image_size and data.image_size alike
+
+
 class UsageError(Exception):
     """Bad input from the user (unknown name, invalid hyper-parameter, unusable data path).
 

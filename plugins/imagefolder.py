@@ -38,6 +38,7 @@ SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 BAD_IMAGE_POLICIES = ("fail", "skip")
 LARGEST_STORAGE = 256  # "auto" never stores larger (what 224 px networks need: 224 / 0.875)
+DECODER_VERSION = 1  # part of the fingerprint: bump when decoding (to_rgb8, decode_image_file) changes
 
 
 # ------------------------------------------------------------------------------------------ decoding to RGB
@@ -142,8 +143,21 @@ def _scan_classes(folder: Path) -> tuple[list[str], list[Path], np.ndarray]:
 
 
 def _files_under(folder: Path) -> list[Path]:
+    """Files under ``folder``, following directory symlinks but entering each real directory once (a symlink loop
+    ends there). Dangling or looping file symlinks are listed: decoding reports or skips them like any unreadable
+    image (``on_bad_image``)."""
     found = []
+    visited: set[tuple[int, int]] = set()
     for directory, subdirectories, names in os.walk(folder, followlinks=True):
+        try:
+            stat = os.stat(directory)
+        except OSError:
+            subdirectories[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in visited:
+            subdirectories[:] = []
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         found += [Path(directory) / name for name in sorted(names)
                   if not name.startswith(".") and name not in IGNORED_FILES]
@@ -180,7 +194,8 @@ class ImageFolder:
     def fingerprint(self, argument: str | None, options: Mapping[str, Any]) -> str:
         options = self.validate(options)
         found = scan(argument)
-        return digest_of(found.layout, found.classes, files_fingerprint(found.all_files(), found.root), options)
+        return digest_of(found.layout, found.classes, files_fingerprint(found.all_files(), found.root), options,
+                         DECODER_VERSION)
 
     def load(self, argument: str | None, options: Mapping[str, Any]) -> ImageSplits:
         options = self.validate(options)

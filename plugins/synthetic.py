@@ -13,11 +13,12 @@ from typing import Any, Mapping
 
 import torch
 
-from tlbench import ImageSplits, hookimpl
+from tlbench import ImageSplits, UsageError, hookimpl
 from tlbench.digests import digest_of
-from tlbench.splits import check_common_options, merged_options, require_int
+from tlbench.splits import check_common_options, merged_options, require_int, require_memory
 
 SPLIT_NAMES = ("train", "val", "test")
+GENERATOR_VERSION = 1  # part of the fingerprint: bump when make_images changes, so cached splits are not reused
 
 
 def make_images(count: int, num_classes: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,10 +53,21 @@ class Synthetic:
         options = merged_options(self.defaults, options)
         check_common_options(options, {"train_size": (1, ""), "val_size": (1, ""), "test_size": (1, "")})
         require_int(options, "num_classes", 2)
+        if options["num_classes"] > options["train_size"]:
+            raise UsageError(f"data.num_classes ({options['num_classes']}) is above data.train_size "
+                             f"({options['train_size']}): every class needs a training image; lower "
+                             f"data.num_classes or raise data.train_size")
+        size = options["storage_size"] or 32
+        largest = max(options[f"{split}_size"] for split in SPLIT_NAMES)
+        total = sum(options[f"{split}_size"] for split in SPLIT_NAMES)
+        # make_images holds about 11 float64 planes per image of its split at once; the uint8 splits stay
+        require_memory(largest * size * size * 8 * 11 + total * 3 * size * size,
+                       f"synthetic data ({total} images at {size} px)",
+                       "lower data.train_size/val_size/test_size or data.storage_size")
         return options
 
     def fingerprint(self, argument: str | None, options: Mapping[str, Any]) -> str:
-        return digest_of(self.name, self.validate(options))
+        return digest_of(self.name, self.validate(options), GENERATOR_VERSION)
 
     def load(self, argument: str | None, options: Mapping[str, Any]) -> ImageSplits:
         options = self.validate(options)

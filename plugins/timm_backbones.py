@@ -17,7 +17,8 @@ import huggingface_hub
 import huggingface_hub.constants
 import timm
 import torch
-from timm.models import group_parameters
+from safetensors.torch import load_file as load_safetensors
+from timm.models import clean_state_dict, group_parameters
 from timm.models._builder import _resolve_pretrained_source  # timm's own choice of weight source (hub, url, file)
 from torch import nn
 
@@ -107,6 +108,24 @@ def backbone_from_timm_model(name: str, model: nn.Module, pretrained: bool, weig
 
 
 # --------------------------------------------------------------------------------------------------- the family
+def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A local weights file as a state dict, never unpickling code: safetensors as such, anything else through
+    ``torch.load(weights_only=True)`` whatever the timm version (timm before 1.0.10 calls ``torch.load`` without it,
+    which runs arbitrary code from a crafted checkpoint on torch < 2.6). Wrapped checkpoints are unwrapped the way
+    timm's own ``load_state_dict`` does (EMA weights first, then ``state_dict`` / ``model``)."""
+    if path.suffix == ".safetensors":
+        return load_safetensors(str(path), device="cpu")
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f"the file holds a {type(checkpoint).__name__}, not a state dict")
+    return clean_state_dict(checkpoint)
+
+
 def _cached_weights_file(load_from: str, location: Any) -> str | None:
     """Where timm found (or put) the weights it just loaded, so the record can name the file and its sha256."""
     if load_from == "file":
@@ -155,7 +174,11 @@ class TimmBackbones:
             if not path.is_file():
                 raise UsageError(f"weights file {str(path)!r} for timm:{model_name} does not exist; "
                                  f"fix the path after '@'")
-            overlay = dict(file=str(path))
+            try:
+                overlay = dict(state_dict=load_weights_file(path))  # timm only maps it onto the model
+            except Exception as exc:
+                raise UsageError(f"could not read weights file {str(path)!r} for timm:{model_name} safely "
+                                 f"({one_line(exc)}); give a .safetensors file or a plain torch state dict") from exc
         elif pretrained:
             if not default_cfg or not _resolve_pretrained_source(default_cfg.to_dict())[0]:
                 raise UsageError(f"timm has no pretrained weights for {model_name!r}; pass a local file "
@@ -168,7 +191,7 @@ class TimmBackbones:
             if not pretrained:
                 raise
             if weights_file:
-                raise UsageError(f"could not load weights file {overlay['file']!r} into timm:{model_name} "
+                raise UsageError(f"could not load weights file {str(path)!r} into timm:{model_name} "
                                  f"({one_line(exc)}); is it a checkpoint of this architecture?") from exc
             raise UsageError(
                 f"could not fetch pretrained weights for timm:{model_name} ({one_line(exc)}); offline, put them in "
@@ -178,7 +201,11 @@ class TimmBackbones:
         model.reset_classifier(num_classes)
 
         weights: dict[str, Any] = {}
-        if pretrained:
+        if overlay is not None:  # the tensors are on the model now: no second copy kept in its config
+            model.pretrained_cfg.pop("state_dict", None)
+            weights = {"source": f"file:{path}", "file": str(path), "sha256": file_sha256(path),
+                       "loader": "safetensors" if path.suffix == ".safetensors" else "torch.load(weights_only=True)"}
+        elif pretrained:
             load_from, location = _resolve_pretrained_source(model.pretrained_cfg)
             local_file = _cached_weights_file(load_from, location)
             origin = location if isinstance(location, str) else "/".join(location)

@@ -157,7 +157,8 @@ def test_timm_loads_a_local_weights_file(tmp_path, suffix):
     assert backbone.head.weight.shape == (4, saved["classifier.weight"].shape[1])  # fresh head, not the file's
     assert backbone.pretrained is True
     assert backbone.weights == {"source": f"file:{path}", "file": str(path),
-                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                "loader": "safetensors" if suffix == "safetensors" else "torch.load(weights_only=True)"}
 
 
 def test_timm_loads_from_the_hugging_face_cache_offline(offline_hf_cache):

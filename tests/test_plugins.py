@@ -169,11 +169,15 @@ def test_duplicate_name_is_an_error_naming_both_plugins(third_party):
         def register_strategies(register):
             register(MyFrozen)
     ''')
+    plugins = Plugins()  # one plugin's mistake breaks neither loading nor other names (issue 11)
     with pytest.raises(UsageError, match=r"strategy name 'frozen' is registered twice, by plugin 'strategies' "
                                          r"and by plugin 'tlb_dupe'"):
-        Plugins()
-    result = invoke("list")
-    assert result.exit_code == 2 and "registered twice" in result.stderr
+        plugins.strategies.get("frozen")
+    assert plugins.strategies.get("full").name == "full"
+    assert "registered twice" in plugins.info["tlb_dupe"].error
+    assert invoke("list", "strategies").exit_code == 0  # other commands keep working
+    listing = invoke("plugins")
+    assert listing.exit_code == 0 and "tlb_dupe" in listing.output and "registered twice" in listing.output
 
 
 def test_wrong_type_registration_is_rejected(third_party):
@@ -184,8 +188,8 @@ def test_wrong_type_registration_is_rejected(third_party):
         def register_backbones(register):
             register(object())
     ''')
-    with pytest.raises(UsageError, match="not a tlbench.BackboneFamily"):
-        Plugins()
+    plugins = Plugins()
+    assert "not a tlbench.BackboneFamily" in plugins.info["tlb_wrongtype"].error
 
 
 def test_plugin_that_fails_to_import_is_listed_and_breaks_only_runs_that_need_it(third_party, tmp_path,

@@ -505,10 +505,14 @@ def test_plugin_with_wrong_hook_signature_is_named(tmp_path, tiny_backbone, monk
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("TLBENCH_DISABLE_PLUGINS")
     results = tmp_path / "results"
-    line = _run_bad(["run", "-s", "frozen", "-b", tiny_backbone, "-d", "synthetic", "--results-dir", str(results)])
+    line = _run_bad(["run", "--all", "-b", tiny_backbone, "-d", "synthetic", "--results-dir", str(results)])
     assert "plugin 'xyz-badsig'" in line and "invalid hook implementation" in line and "regster" in line
     assert "fix the plugin's hook signature or uninstall it" in line
     assert not results.exists()
+    # a run that names what it needs is not stopped by another plugin's bug (issue 11)
+    ok = CliRunner().invoke(cli, ["run", "-q", "-s", "frozen", "-b", tiny_backbone, "-d", "synthetic", "--epochs",
+                                  "1", "--results-dir", str(results)])
+    assert ok.exit_code == 0, ok.output
 
 
 # ----------------------------------------------------------------------------- 6. corrupt and foreign files
