@@ -107,7 +107,14 @@ class ExecutionSession:
         with self._lock:
             if self.stopping:
                 return False
-            if not grid.store.claim(job.key):
+            try:
+                claimed = grid.store.claim(job.key)
+            except OSError as exc:  # EIO, ENOSPC, a read-only directory: no trial can be claimed, so none runs
+                self.stopping = True
+                grid.result.aborted = (f"could not claim trial {job.key} ({grid.store.root / (job.key + '.lock')}): "
+                                       f"{exc.strerror or exc}")
+                raise GridAborted(grid.result.aborted) from None
+            if not claimed:
                 grid.busy.append(job)
                 grid.reporter.trial_busy(job)
                 return False

@@ -72,8 +72,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         parts = key.split(".")
         if len(parts) > 2 or not all(parts) or any(part != part.strip() or " " in part for part in parts):
             raise UsageError(f"--set key {key!r} is malformed: use NAME (a protocol setting, e.g. epochs=5) or "
-                             f"SCOPE.NAME with a strategy or 'data' as the scope (e.g. full.lr=3e-4, "
-                             f"data.train_size=2000)")
+                             f"SCOPE.NAME with a strategy, 'data' or 'executor' as the scope (e.g. full.lr=3e-4, "
+                             f"data.train_size=2000, executor.workers=2)")
         overrides[key] = parse_value(value)
     return overrides
 

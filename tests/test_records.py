@@ -230,3 +230,18 @@ time.sleep(600)
     assert any("left unfinished by a process that stopped; running them here" in m for m in messages), messages
     assert [r.key for r in again.ok] == [victim] and again.exit_code == 0 and not again.missing
     assert (results / f"{victim}.json").is_file()
+
+
+def test_an_io_error_on_the_claim_lock_stops_the_grid_cleanly(tmp_path, tiny_backbone, monkeypatch):
+    results = tmp_path / "results"
+
+    def broken_lock(self, key, wait=False):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ResultStore, "claim", broken_lock)
+    result = CliRunner().invoke(cli, ["run", "-q", "-s", "frozen", "-b", tiny_backbone, "-d", "synthetic", "--epochs",
+                                      "1", "--set", "data.train_size=64", "--results-dir", str(results)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = [line for line in result.stderr.splitlines() if "stopped" in line]
+    assert "could not claim trial" in line and "Input/output error" in line and "resume with: " in line
+    assert not list(results.glob("*.json"))
