@@ -10,7 +10,6 @@ import base64
 import html
 import io
 import os
-import tempfile
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from tlbench.leaderboard import build_table, group_records, variance_note
 from tlbench.publishing import ReportContext, ReportSection
 from tlbench.record_fields import as_dict, get
+from tlbench.store import atomic_write_text
 from tlbench.types import UsageError
 
 REPORT_COLUMNS = ("test", "n", "ci95", "val", "train_ips", "eval_ips", "memory", "trainable", "time", "status")
@@ -159,19 +159,7 @@ def write_report(records: Iterable[Any], out: Path, sections: Sequence[ReportSec
     """Renders the report and writes it atomically to ``out``; nothing is written when anything fails."""
     out = _check_out(out)
     text = render_report(records, sections, dataset, reference, progress, source)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from its readers
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, text, readable_by_all=True)  # mkstemp's 0600 would hide the report from its readers
     return out
 
 

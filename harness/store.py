@@ -28,14 +28,19 @@ def default_results_dir() -> Path:
     return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS_DIR)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+def atomic_write_text(path: Path, text: str, readable_by_all: bool = False) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part.
+    ``readable_by_all``: the permissions a plain ``open()`` would give (mkstemp's are 0600), e.g. for a report."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        if readable_by_all:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
