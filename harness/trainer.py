@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from tlbench.allocator import keep_freed_memory
 from tlbench.divergence import finite_divergence
 from tlbench.measure import synchronize
 
@@ -167,8 +168,10 @@ def warm_up(model: nn.Module, train: Split, val: Split, batch_size: int, eval_ba
     process would otherwise pay them inside its timed region (kernel and primitive creation per shape, allocator
     growth). The real model, its optimizer and every random generator are untouched: the copy trains, and the
     global RNG (dropout) is forked. Returns what it did, for the record."""
+    allocator = keep_freed_memory() if device.type == "cpu" else None
     if type(model).__name__ == "OptimizedModule":  # torch.compile's wrapper: copying it would compile again
-        return {"steps": 0, "seconds": 0.0, "note": "compiled model: its first timed steps are excluded instead"}
+        return {"steps": 0, "seconds": 0.0, "note": "compiled model: its first timed steps are excluded instead",
+                "cpu_allocator": allocator}
     start = time.perf_counter()
     twin = copy.deepcopy(model)
     params = [p for p in twin.parameters() if p.requires_grad]
@@ -194,7 +197,8 @@ def warm_up(model: nn.Module, train: Split, val: Split, batch_size: int, eval_ba
     synchronize(device)
     del twin, optimizer
     return {"steps": steps, "eval_batch_shapes": eval_shapes, "seconds": time.perf_counter() - start,
-            "how": "untimed steps on a copy of the model, then one forward per validation batch shape"}
+            "how": "untimed steps on a copy of the model, then one forward per validation batch shape",
+            "cpu_allocator": allocator}
 
 
 @dataclass
