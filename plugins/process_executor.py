@@ -63,7 +63,9 @@ class ProcessExecutor:
 
         gpus = _visible_gpus(jobs[0].device if jobs else None)
         workers = session.options.get("workers") or max(1, len(gpus))
-        batches = partition(jobs, workers)
+        # two batches per worker where groups allow, taken from a queue: a worker done early takes the next batch
+        # (load balance), and its child stays alive for the next batch of the same group (data kept warm)
+        batches = partition(jobs, 2 * workers if workers > 1 else 1)
         workers = min(workers, len(batches)) or 1
         threads = session.options.get("threads_per_worker") or (
             None if gpus else max(1, (os.cpu_count() or 1) // workers))
@@ -74,18 +76,21 @@ class ProcessExecutor:
         errors: list[BaseException] = []
 
         def slot(index: int) -> None:
+            gpu = gpus[index % len(gpus)] if gpus else None
+            worker = _Slot(index, gpu, threads, children,
+                           {"workers": workers, "threads_per_worker": threads, "gpu": gpu})
             try:
                 while not session.stopping:
                     try:
-                        group = todo.get_nowait()
+                        batch = todo.get_nowait()
                     except queue.Empty:
                         return
-                    gpu = gpus[index % len(gpus)] if gpus else None
-                    _run_group(group, session, children, index, gpu, threads,
-                               {"workers": workers, "threads_per_worker": threads, "gpu": gpu})
+                    worker.run_batch(batch, session)
             except BaseException as exc:  # GridAborted, WorkerRefused: stop everything, report in the driver
                 session.stopping = True
                 errors.append(exc)
+            finally:
+                worker.close()
 
         pool = [threading.Thread(target=slot, args=(i,), name=f"tlbench-process-{i}", daemon=True)
                 for i in range(workers)]
@@ -148,23 +153,42 @@ def _stop(child: subprocess.Popen) -> None:
             child.kill()
 
 
-def _run_group(group: list[Any], session: Any, children: dict[int, subprocess.Popen], index: int,
-               gpu: str | None, threads: int | None, resolved: dict[str, Any]) -> None:
-    from tlbench.jobs import finish_from_reply
+class _Slot:
+    """One worker slot: its current child process and the dataset x backbone group that child has warm."""
 
-    child, startup_s = None, 0.0
-    try:
-        for job in group:
+    def __init__(self, index: int, gpu: str | None, threads: int | None, children: dict[int, subprocess.Popen],
+                 resolved: dict[str, Any]):
+        self.index, self.gpu, self.threads, self.children, self.resolved = index, gpu, threads, children, resolved
+        self.child: subprocess.Popen | None = None
+        self.group: Any = None
+        self.startup_s = 0.0
+
+    def close(self) -> None:
+        if self.child is not None:
+            self.child.stdin.close()
+            try:
+                self.child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+        self.child = None
+
+    def run_batch(self, batch: list[Any], session: Any) -> None:
+        from tlbench.jobs import finish_from_reply
+
+        if batch and batch[0].group != self.group:  # another dataset x backbone: a fresh process
+            self.close()
+            self.group = batch[0].group
+        for job in batch:
             if session.stopping or not session.claim(job):
                 continue
             started = time.perf_counter()
             try:
-                if child is None:
-                    child, startup_s = _start_child(gpu, threads)
-                    children[index] = child
-                child.stdin.write(json.dumps(job.to_json_dict()) + "\n")
-                child.stdin.flush()
-                line = child.stdout.readline()
+                if self.child is None:
+                    self.child, self.startup_s = _start_child(self.gpu, self.threads)
+                    self.children[self.index] = self.child
+                self.child.stdin.write(json.dumps(job.to_json_dict()) + "\n")
+                self.child.stdin.flush()
+                line = self.child.stdout.readline()
             except (BrokenPipeError, RuntimeError) as exc:
                 line, problem = "", str(exc)
             else:
@@ -173,24 +197,17 @@ def _run_group(group: list[Any], session: Any, children: dict[int, subprocess.Po
                 if session.stopping:
                     session.release(job)
                     return
+                child, self.child = self.child, None
                 reason = problem or f"its worker process {describe_exit(child.wait() if child else None)}"
                 session.fail(job, f"trial lost: {reason}", time.perf_counter() - started)
-                child = None
                 continue
             reply = json.loads(line)
             if "record" in reply:
                 section = reply["record"].setdefault("executor", {})
-                section["worker_startup_s"] = round(startup_s, 3)
-                section["resolved"] = resolved  # what "auto" options became
-                startup_s = 0.0  # only the first trial of a child pays its start-up
+                section["worker_startup_s"] = round(self.startup_s, 3)
+                section["resolved"] = self.resolved  # what "auto" options became
+                self.startup_s = 0.0  # only the first trial of a child pays its start-up
             finish_from_reply(session, job, reply)
-    finally:
-        if child is not None:
-            child.stdin.close()
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
 
 
 def child_main() -> None:

@@ -70,11 +70,13 @@ class RayExecutor:
 
         options = session.options
         started_here = False
+        init_started = time.perf_counter()
         if not ray.is_initialized():
             address = options.get("address") or os.environ.get("RAY_ADDRESS") or None
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      configure_logging=False)
             started_here = True
+        ray_init_s = time.perf_counter() - init_started
         resources = ray.cluster_resources()
         num_gpus = options.get("num_gpus")
         if num_gpus is None:
@@ -82,7 +84,8 @@ class RayExecutor:
         num_cpus = options["num_cpus"]
         slots = options.get("workers") or max(1, int(resources.get("GPU", 0) // num_gpus if num_gpus else
                                                       resources.get("CPU", 1) // num_cpus))
-        batches = partition(jobs, slots)
+        # two batches per actor where groups allow: an actor done early takes the next one (load balance)
+        batches = partition(jobs, 2 * slots if slots > 1 else 1)
         slots = min(slots, len(batches)) or 1
         threads = None if num_gpus else max(1, int(num_cpus))
         actor_class = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(TrialActor)
@@ -91,6 +94,7 @@ class RayExecutor:
             return actor_class.remote(threads)
 
         actors = [new_actor() for _ in range(slots)]
+        first_reply = [True]  # the grid's first record carries the cluster start-up time
         queue = list(batches)
         running: dict[Any, tuple[int, Any, list[Any], int, float]] = {}  # ref -> (slot, job, rest, attempt, t0)
 
@@ -127,6 +131,13 @@ class RayExecutor:
                         if "record" in reply:
                             section = reply["record"].setdefault("executor", {})
                             section["attempt"] = attempt
+                            # round trip minus the trial itself: scheduling, and for an actor's first trial its
+                            # process start and imports
+                            wall = reply["record"].get("metrics", {}).get("wall_s") or 0.0
+                            section["dispatch_overhead_s"] = round(time.perf_counter() - t0 - wall, 3)
+                            if first_reply:
+                                section["ray_init_s"] = round(ray_init_s, 3)
+                                first_reply.clear()
                             section["resolved"] = {"workers": slots, "num_cpus": num_cpus, "num_gpus": num_gpus,
                                                    "threads_per_worker": threads}
                         finish_from_reply(session, job, reply)
