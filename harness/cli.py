@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 
 from tlbench.types import UsageError
 
-from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET
+from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET, GridInterrupted
 LIST_KINDS = ("strategies", "backbones", "datasets", "executors")
 
 
@@ -84,6 +85,11 @@ class TlbenchGroup(_ParseErrorsKnowTheirCommand, click.Group):
             raise BadInput(_one_line(str(exc))) from None
         except click.UsageError as exc:  # a subcommand's parse errors, and unknown commands
             raise _parse_error(exc) from None
+        except (KeyboardInterrupt, GridInterrupted) as exc:  # outside a grid's trials: before or after them
+            name = exc.signal_name if isinstance(exc, GridInterrupted) else "SIGINT"
+            click.echo(f"tlbench: stopped by {name}; finished records are kept; run the same command again to "
+                       f"resume", err=True)
+            raise click.exceptions.Exit(143 if name == "SIGTERM" else 130) from None
 
     @staticmethod
     def _plugin_commands() -> dict[str, click.Command]:
@@ -385,7 +391,12 @@ def _run_params(args: list[str], ctx: click.Context) -> dict[str, Any]:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: a clean stop with the summary, exit 143
     cli(prog_name="tlbench")
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise GridInterrupted("SIGTERM", 143)
 
 
 if __name__ == "__main__":

@@ -245,3 +245,22 @@ def test_an_io_error_on_the_claim_lock_stops_the_grid_cleanly(tmp_path, tiny_bac
     (line,) = [line for line in result.stderr.splitlines() if "stopped" in line]
     assert "could not claim trial" in line and "Input/output error" in line and "resume with: " in line
     assert not list(results.glob("*.json"))
+
+
+@pytest.mark.parametrize("interrupt, code", [(KeyboardInterrupt(), 130), ("SIGTERM", 143)])
+def test_a_signal_before_any_trial_runs_is_a_clean_stop_too(tmp_path, tiny_backbone, monkeypatch, interrupt, code):
+    """Ctrl-C or SIGTERM while the pre-run check decodes data: not click's bare "Aborted!" with exit 1."""
+    from tlbench.grid import GridInterrupted
+    from tlbench.runner import TrialRunner
+
+    def interrupted(self, trials):
+        raise interrupt if isinstance(interrupt, BaseException) else GridInterrupted(interrupt, code)
+
+    monkeypatch.setattr(TrialRunner, "check", interrupted)
+    result = CliRunner().invoke(cli, ["run", "-q", "-s", "frozen", "-b", tiny_backbone, "-d", "synthetic",
+                                      "--results-dir", str(tmp_path / "r")])
+    assert result.exit_code == code, result.output
+    name = "SIGINT" if code == 130 else "SIGTERM"
+    assert result.stderr.strip() == (f"tlbench: stopped by {name}; finished records are kept; run the same command "
+                                     f"again to resume")
+    assert not (tmp_path / "r").exists()
