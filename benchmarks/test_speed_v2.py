@@ -43,22 +43,16 @@ GOAL_PARTIAL_SPEEDUP = 3.0  # uncached / cached, end to end (one trial, fresh ru
 TOLERANCE_PARTIAL_SPEEDUP = 0.15  # 5%
 
 
-def test_partial_prefix_cache(benchmark, make_trials, trial_runner, fmnist, report):
+def test_partial_prefix_cache(benchmark, make_trials, run_trial, fmnist, report):
     """The default ``partial`` trial (efficientnet_lite0, Fashion-MNIST 1000/500/2000 at 64 px) with the prefix
-    cache and with ``prefix_cache_mib=0`` (today's end-to-end path), each in a fresh TrialRunner (nothing cached,
-    decoded data in memory before timing), alternated. Goal: >= 3x faster end to end; accuracy identical (asserted
+    cache and with ``prefix_cache_mib=0`` (today's end-to-end path), each a fresh grid through ``run_grid``
+    (nothing cached, decoded data in memory before the trial's clock starts), alternated. Goal: >= 3x faster end to end; accuracy identical (asserted
     exactly: same validation history, best epoch and test top-1)."""
     (cached_trial,) = make_trials("fashion-mnist", "partial", epochs=PARTIAL_EPOCHS)
     (plain_trial,) = make_trials("fashion-mnist", "partial", epochs=PARTIAL_EPOCHS, prefix_cache_mib=0)
 
     def one(trial) -> tuple[dict, float]:
-        runner = trial_runner()
-        runner.load_data(trial)
-        start = time.perf_counter()
-        record = runner.run(trial)
-        seconds = time.perf_counter() - start
-        assert field(record, "status") == "ok", record.get("error")
-        return record, seconds
+        return run_trial(trial)
 
     def measure() -> list[dict]:
         rounds = []
@@ -206,28 +200,17 @@ ORDER_STRATEGY = os.environ.get("TLBENCH_BENCH_ORDER_STRATEGY", "full")
 ORDER_EPOCHS = int(os.environ.get("TLBENCH_BENCH_ORDER_EPOCHS", "2"))
 
 _ORDER_SCRIPT = r"""
-import json, sys, torch
-from tlbench.plan import build_trials
-from tlbench.registry import Plugins
-from tlbench.runner import TrialRunner, resolve
-from tlbench.store import ResultStore
-plugins = Plugins(); plugins.require_valid()
+import json, sys
+from tlbench import run_grid
 results, strategy, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def trial(name, **overrides):
-    (t,) = build_trials(datasets=[("fashion-mnist", resolve(plugins.datasets, "fashion-mnist")[0])],
-                        backbones=["efficientnet_lite0"], strategies=[(name, plugins.strategies.get(name))],
-                        seeds=[0], overrides={"epochs": epochs, **overrides},
-                        registered_strategies=plugins.strategies.names())
-    return t
-store = ResultStore(results); store.create()
-runner = TrialRunner(plugins, store, torch.device("cpu"))
-measured = trial(strategy)
 figures = []
-for t in [measured, trial("frozen"), trial("bitfit"), measured]:
-    record = runner.run(t)
-    assert record["status"] == "ok", record.get("error")
-    figures.append(record["metrics"]["train_images_per_s"])
-print(json.dumps({"first": figures[0], "last": figures[-1], "warmup": record["plan"]["phases"][0]["timing_warmup"]}))
+for name, again in [(strategy, False), ("frozen", False), ("bitfit", False), (strategy, True)]:
+    grid = run_grid([name], settings=[f"epochs={epochs}"], results_dir=results, device="cpu", progress="off",
+                    force=again)
+    (record,) = grid.records
+    assert record.ok, record.error
+    figures.append(record.metrics.train_images_per_s)
+print(json.dumps({"first": figures[0], "last": figures[-1], "warmup": record.plan["phases"][0]["timing_warmup"]}))
 """
 
 

@@ -118,6 +118,10 @@ class Worker:
         from tlbench.runner import TrialRunner
 
         started = time.perf_counter()
+        if device is None or str(device).startswith("cpu"):
+            from tlbench.allocator import keep_freed_memory
+
+            keep_freed_memory()  # before the first trial allocates: see tlbench.allocator
         self.plugins = plugins if plugins is not None else Plugins(load_third_party=third_party_plugins)
         self.versions = code_versions(plugins=self.plugins)
         self.device = pick_device(device)
