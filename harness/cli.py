@@ -348,11 +348,12 @@ def rerun(key: str, results_dir: Path | None, print_only: bool) -> None:
     from tlbench.store import ResultStore, default_results_dir
 
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
-    matches = sorted({r.key for r in store.records() if r.key.startswith(key)}) if key else []
+    candidates = [r for r in store.records() if r.key.startswith(key)] if key else []
+    matches = sorted({r.key for r in candidates})
     if len(matches) != 1:
         _fail(f"{'no valid' if not matches else 'more than one'} record matches key {key!r} in "
               f"{str(store.root)!r}")
-    record = next(r for r in store.records() if r.key == matches[0])
+    record = next(r for r in candidates if r.key == matches[0])
     args = rerun_arguments(record, store.root)
     if print_only:
         click.echo("tlbench " + " ".join(shlex.quote(a) for a in args))

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tlbench.jobs import TrialJob, WorkerRefused, code_versions, failed_record
+from tlbench.progress import PROGRESS_MODES
 from tlbench.records import Record, RecordError
 from tlbench.types import UsageError
 
 DEFAULT_DATASET = "fashion-mnist"
 DEFAULT_BACKBONES = ("efficientnet_lite0",)
-PROGRESS_MODES = ("auto", "bar", "lines", "off")
 
 
 class GridInterrupted(BaseException):

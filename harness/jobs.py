@@ -139,8 +139,10 @@ class Worker:
         trial = job.to_trial()
         if job.cache_dir:
             os.environ[CACHE_DIR_ENV] = job.cache_dir
+        from tlbench.progress import make_progress
+
         with self.lock:  # one trial at a time per worker: timings and memory are per trial
-            self.runner.progress = progress if progress is not None else progress_reporter(job.progress)
+            self.runner.progress = progress if progress is not None else make_progress(job.progress)
             record = self.runner.run(trial, command=job.command)
         data = record.to_json_dict()
         data["executor"] = {**dict(job.executor), "host": socket.gethostname(), "pid": os.getpid(),
@@ -186,14 +188,6 @@ def failed_record(job: TrialJob, reason: str, wall_s: float = 0.0) -> dict[str, 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "metrics": {"wall_s": wall_s, "time_s": {"total": wall_s}}, "executor": dict(job.executor)}
 
-
-def progress_reporter(mode: str) -> Callable[[str, int], Any] | None:
-    """The per-trial progress display a worker shows on its stderr: a bar, plain lines, or nothing."""
-    if mode == "off":
-        return None
-    from tlbench.progress import make_progress
-
-    return make_progress(mode)
 
 
 def run_job_reply(job: TrialJob | Mapping[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,14 @@ def _notes(lines: Sequence[str]) -> str:
     return "".join(f'<p class="note">{html.escape(line)}</p>' for line in lines if line)
 
 
+def _finish_axes(ax: Any, xlabel: str, ylabel: str, entries: int) -> None:
+    """Axis labels, a light grid and the legend: what every scatter and curve plot of the report ends with."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    _legend(ax, entries)
+
+
 def _legend(ax: Any, count: int) -> None:
     """Small legends inside the axes; long ones below them, where they cover no point."""
     if count <= 3:
@@ -163,10 +171,7 @@ def accuracy_time_section(context: ReportContext) -> str:
     ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=90, facecolors="none",
                edgecolors="#1d232b", zorder=4)
     ax.set_xscale("log")
-    ax.set_xlabel("trial wall time (s, log scale): data, features, training and evaluation")
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=0.3)
-    _legend(ax, len(colours) + 1)
+    _finish_axes(ax, "trial wall time (s, log scale): data, features, training and evaluation", "test top-1 (%)", len(colours) + 1)
     on_front = ", ".join(f"{_label(ok[i], context)} seed {get(ok[i], 'trial.seed')} ({points[i][0]:.1f} s, "
                          f"{points[i][1]:.1f}%)" for i in front)
     return context.figure(fig, "Test top-1 against trial wall time, one point per trial; circled: the Pareto front "
@@ -190,10 +195,7 @@ def accuracy_params_section(context: ReportContext) -> str:
             ax.scatter([get(r, "metrics.params.trainable") for r in mine],
                        [100 * get(r, "metrics.test_top1") for r in mine], s=22, color=colours[label], label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=0.3)
-    _legend(ax, len(colours))
+    _finish_axes(ax, "trainable parameters (log scale)", "test top-1 (%)", len(colours))
     return context.figure(fig, "Test top-1 against the number of trained parameters, one point per trial.")
 
 
@@ -243,10 +245,7 @@ def curves_section(context: ReportContext) -> str:
         epochs = sorted(curves[label])
         ax.plot(epochs, [statistics.fmean(curves[label][e]) for e in epochs], marker=".", lw=1.3,
                 color=colours[label], label=label)
-    ax.set_xlabel("epoch (phases one after another, e.g. lp-ft's probe then fine-tune)")
-    ax.set_ylabel("validation top-1 (%), mean over seeds")
-    ax.grid(alpha=0.3)
-    _legend(ax, len(curves))
+    _finish_axes(ax, "epoch (phases one after another, e.g. lp-ft's probe then fine-tune)", "validation top-1 (%), mean over seeds", len(curves))
     return context.figure(fig, "Validation top-1 after each epoch, mean over seeds, from the records' history.")
 
 
