@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from tlbench import PROTOCOL_VERSION
 from tlbench.digests import digest_of
+from tlbench.head_init import HEAD_INITS
 from tlbench.types import MIN_IMAGE_SIZE, TrainPlan, UsageError
 
 # The shared protocol: identical for every strategy unless the strategy overrides a key (recorded either way).
@@ -27,6 +28,7 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "schedule": "cosine",  # "cosine" or "constant", per step, after warm-up
     "warmup_epochs": 1.0,
     "label_smoothing": 0.0,
+    "head_init": "pytorch",  # how the new head starts: "pytorch" (nn.Linear's own), "fan_out" (timm's), "zeros"
     "image_size": None,  # network input side: None = the dataset's recommendation, else the weights' own
     "recalibrate_images": 512,  # training images used to re-estimate BatchNorm statistics ("recalibrate" policy)
     "feature_cache": True,  # train a head on cached frozen features when the plan allows it
@@ -36,10 +38,12 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "compile": False,
     "deterministic": False,
 }
-# Protocol settings added after version 1 that leave every number unchanged at their default (tested: identical
-# metrics with and without the prefix cache): not part of a trial's key while at the default, so old records
-# are still found; recorded in every trial all the same.
-KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"prefix_cache_mib": PROTOCOL_DEFAULTS["prefix_cache_mib"]}
+# Protocol settings added after version 1 whose default leaves every number as it was before the setting existed
+# (tested: identical metrics with and without the prefix cache; head_init=pytorch is the head every plugin built):
+# not part of a trial's key while at the default, so old records are still found; recorded in every trial.
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"prefix_cache_mib": PROTOCOL_DEFAULTS["prefix_cache_mib"],
+                                        # the head as every trial before this setting existed built it
+                                        "head_init": PROTOCOL_DEFAULTS["head_init"]}
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 # Integers reach torch (seeds, sizes, step counts) as int64: anything outside it overflows somewhere, later.
@@ -211,6 +215,9 @@ def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
         raise UsageError(f"{where}schedule must be one of {', '.join(SCHEDULES)}, got {protocol['schedule']!r}")
     if protocol["amp"] not in AMP_MODES:
         raise UsageError(f"{where}amp must be one of {', '.join(AMP_MODES)}, got {protocol['amp']!r}")
+    if protocol["head_init"] not in HEAD_INITS:
+        raise UsageError(f"{where}head_init must be one of {', '.join(HEAD_INITS)}, got {protocol['head_init']!r}; "
+                         f"fix it with --set {where}head_init=<value>")
     if protocol["optimizer"] != "adamw":
         raise UsageError(f"{where}optimizer: only 'adamw' is supported, got {protocol['optimizer']!r}")
     check_image_size(protocol["image_size"], f"{where}image_size")

@@ -18,6 +18,7 @@ import torch
 from tlbench.data_cache import load_splits
 from tlbench.devices import pick_device  # noqa: F401  (moved there; kept importable from here)
 from tlbench.freeze import check_phases, describe
+from tlbench.head_init import final_linear, init_head
 from tlbench.measure import PeakMemory, Stopwatch, environment, forward_flops
 from tlbench.phases import CachedFeatures, apply_surgery, run_plan
 from tlbench.plan import Trial, strategy_plan
@@ -114,6 +115,10 @@ class TrialRunner:
                 family, argument = resolve(self.plugins.backbones, trial.backbone, hint)
                 built[trial.backbone] = family.build(argument, len(data.splits.classes),
                                                      pretrained=needs_weights[trial.backbone])
+            if trial.protocol.get("head_init", "pytorch") != "pytorch" and final_linear(
+                    built[trial.backbone].head) is None:
+                raise UsageError(f"head_init={trial.protocol['head_init']} needs an nn.Linear in the head of "
+                                 f"{trial.backbone}, which has none; use --set head_init=pytorch")
             if trial.group in checked:  # seeds of one configuration share their plan
                 continue
             checked.add(trial.group)
@@ -182,6 +187,8 @@ class TrialRunner:
             torch.manual_seed(trial.seed)
             generator = torch.Generator().manual_seed(trial.seed)
             backbone = family.build(argument, num_classes, pretrained=strategy.pretrained)
+            backbone.head_init = init_head(backbone.head, protocol["head_init"],
+                                           backbone.head_init or "not stated by the backbone plugin")
             plan = strategy_plan(strategy, backbone.group_names, trial.hparams, trial.backbone)
             check_phases(plan.all_phases(), backbone.group_names, protocol["epochs"], strategy.name)
             group_of, surgery = apply_surgery(backbone, plan)
@@ -222,8 +229,7 @@ class TrialRunner:
                      "source": splits.source, "cache": data.cache, "augment": prep.augment},
             "backbone": {"name": backbone.name, "pretrained": backbone.pretrained, "weights": backbone.weights,
                          "preprocessing": prep.describe(), "groups": backbone.group_names,
-                         "head": {"module": repr(backbone.head), "init": backbone.head_init or "not stated by "
-                                  "the backbone plugin"}},
+                         "head": {"module": repr(backbone.head), "init": backbone.head_init}},
             "runtime": {  # what actually ran, after "auto" settings were resolved for this device
                 "device": str(self.device), "eval_batch_size": protocol["eval_batch_size"],
                 "amp": resolve_amp(self.device, protocol["amp"]),
