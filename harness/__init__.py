@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
 
 from tlbench.grid import GridResult, run_grid  # noqa: E402  (the library entry point; needs the names above)
+from tlbench.tuning import TuneResult, log_grid, tune_grid  # noqa: E402
 
-__all__ = ["run_grid", "GridResult", "hookimpl", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits", "ParamRef", "Phase",
+__all__ = ["run_grid", "GridResult", "tune_grid", "TuneResult", "log_grid", "hookimpl", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits", "ParamRef", "Phase",
            "Preprocessing", "Strategy", "TrainingContext", "TrainPlan", "UsageError", "__version__",
            "PROTOCOL_VERSION", "LeaderboardFormat", "LeaderboardTable", "ReportContext", "ReportSection"]

@@ -188,17 +188,28 @@ def _trial_line(record: Any) -> str:
 @click.option("--retry-failed", is_flag=True, help="Re-run trials whose record says failed or diverged.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress (bars on a terminal, one line per epoch otherwise).")
 @click.option("--format", "fmt", default="github", show_default=True, help="Leaderboard format at the end.")
+@click.option("--tune", is_flag=True,
+              help="Give every strategy the same tuning budget: --tune-budget configurations of its search space "
+                   "on the selection seed(s), the best on validation re-run on --seeds fresh seeds (reported).")
+@click.option("--tune-budget", type=int, default=None, metavar="K",
+              help="Configurations per strategy with --tune (the same K for every strategy) [default: 4].")
+@click.option("--selection-seeds", type=int, default=None, metavar="S",
+              help="Seeds each configuration is trained on to choose, with --tune [default: 1]; the reporting "
+                   "seeds come after them.")
 def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], datasets: tuple[str, ...],
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,
         executor: str, workers: int | None, device: str | None, use_compile: bool, deterministic: bool,
-        force: bool, retry_failed: bool, quiet: bool, fmt: str) -> None:
+        force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool, tune_budget: int | None,
+        selection_seeds: int | None) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
-    The grid logic is the library call ``tlbench.run_grid``; this command parses, prints and sets the exit code.
+    The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command
+    parses, prints and sets the exit code.
     """
     from tlbench.grid import run_grid
     from tlbench.leaderboard import render
     from tlbench.plan import parse_overrides
+    from tlbench.tuning import DEFAULT_BUDGET, tune_grid
 
     plugins = _plugins()
     formats = dict(plugins.leaderboard_formats.items())
@@ -214,13 +225,45 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     if deterministic:
         overrides["deterministic"] = True
     options = {"workers": workers} if workers is not None else {}
-    result = run_grid(strategies, backbones, datasets, seeds=seeds, first_seed=first_seed, settings=overrides,
-                      results_dir=results_dir, executor=executor, executor_options_=options, device=device,
-                      force=force, retry_failed=retry_failed, progress="off" if quiet else "auto",
-                      reporter=_PrintingReporter(), plugins=plugins, warn=_warn_line)
+    if not tune and (tune_budget is not None or selection_seeds is not None):
+        _fail(f"{'--tune-budget' if tune_budget is not None else '--selection-seeds'} only applies with --tune; "
+              f"add --tune or drop it")
+    common = dict(seeds=seeds, first_seed=first_seed, settings=overrides, results_dir=results_dir,
+                  executor=executor, executor_options_=options, device=device, force=force,
+                  retry_failed=retry_failed, progress="off" if quiet else "auto", reporter=_PrintingReporter(),
+                  plugins=plugins, warn=_warn_line)
+    if tune:
+        tuned = tune_grid(strategies, backbones, datasets,
+                          budget=DEFAULT_BUDGET if tune_budget is None else tune_budget,
+                          selection_seeds=1 if selection_seeds is None else selection_seeds, **common)
+        _report_tuning(tuned, fmt, formats)
+        sys.exit(tuned.exit_code)
+    result = run_grid(strategies, backbones, datasets, **common)
     table = render(result.records, fmt, formats=formats)
     if table:
         click.echo(table)
+    _report_grid(result)
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+def _report_tuning(tuned: Any, fmt: str, formats: dict[str, Any]) -> None:
+    """The end of a tuned run: the tuned rows beside the default rows of the same strategies, the budgets and
+    every grid's summary."""
+    from tlbench.leaderboard import render
+
+    if tuned.sweeps:
+        table = render(tuned.records, fmt, formats=formats, sweeps=tuned.sweeps)
+        if table:
+            click.echo(table)
+    for grid in tuned.grids:
+        _report_grid(grid)
+    for line in tuned.not_selected:
+        click.echo(f"tlbench: not tuned: {line}", err=True)
+
+
+def _report_grid(result: Any) -> None:
+    """A grid's counts, its failed trials and how to resume, on stderr."""
     counts = (f"{len(result.ok)} ok, {len(result.failed)} failed, {result.skipped} skipped (done before), "
               f"{result.done_elsewhere} done by another process, in {result.elapsed_s:.1f} s")
     click.echo(f"tlbench: {counts}", err=True)
@@ -234,8 +277,6 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
                    err=True)
     elif result.missing:
         click.echo(f"tlbench: {len(result.missing)} trial(s) have no record: {', '.join(result.missing[:5])}", err=True)
-    if result.exit_code:
-        sys.exit(result.exit_code)
 
 
 @cli.command(name="list")
@@ -243,6 +284,8 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
 def list_(kind: str | None) -> None:
     """List what is registered, with one-line descriptions and defaults."""
     from tabulate import tabulate
+
+    from tlbench.tuning import search_space
 
     plugins = _plugins()
     registries = {"strategies": plugins.strategies, "backbones": plugins.backbones, "datasets": plugins.datasets,
@@ -258,10 +301,15 @@ def list_(kind: str | None) -> None:
             description = item.description
             if name == "strategies" and item.missing_requirements():
                 description += f" [not installed: {item.missing_requirements()[0]}]"
-            rows.append([shown, description, ", ".join(f"{k}={v}" for k, v in defaults.items()),
-                         registries[name].owner(item_name)])
+            row = [shown, description, ", ".join(f"{k}={v}" for k, v in defaults.items())]
+            if name == "strategies":
+                space, source = search_space(item)
+                row.append(" x ".join(f"{k} {v}" for k, v in space.items()) + (
+                    " (derived)" if source.startswith("derived") else "") or "none")
+            rows.append(row + [registries[name].owner(item_name)])
+        headers = ["name", "description", "defaults"] + (["search space (--tune)"] if name == "strategies" else [])
         click.echo(f"{name}:")
-        click.echo(tabulate(rows, headers=["name", "description", "defaults", "plugin"], tablefmt="simple"))
+        click.echo(tabulate(rows, headers=headers + ["plugin"], tablefmt="simple"))
         click.echo()
 
 
@@ -284,13 +332,16 @@ def plugins() -> None:
 @click.option("--wide", is_flag=True, help="All measurement columns (FLOPs, params, top-5, cache...).")
 @click.option("--vs", "reference", default=None, metavar="STRATEGY",
               help="Paired comparison with this strategy: per-seed difference, bootstrap 95% interval, P(better).")
+@click.option("--candidates", is_flag=True,
+              help="Also list the configurations --tune tried only to choose (on their selection seeds).")
 @click.option("--help-columns", is_flag=True, help="List the available columns and exit.")
 @click.option("--help-formats", is_flag=True, help="List the available formats (plugins' too) and exit.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
 def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, reference: str | None,
-                help_columns: bool, help_formats: bool, results_dir: Path | None) -> None:
-    """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy."""
+                candidates: bool, help_columns: bool, help_formats: bool, results_dir: Path | None) -> None:
+    """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy; after
+    `tlbench run --tune`, the tuned rows follow the others, with a "tuning" column."""
     from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, render
     from tlbench.store import ResultStore, default_results_dir
 
@@ -308,7 +359,10 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
-    text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats)
+    from tlbench.tuning import read_sweeps
+
+    text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats,
+                  sweeps=read_sweeps(store.root, _warn_line), candidates=candidates)
     if not text:
         _fail(f"no records in {str(store.root)!r}" + (f" for dataset {dataset!r}" if dataset else ""))
     click.echo(text)

@@ -221,6 +221,24 @@ def _resolve(registry: Any, name: str, hint: str) -> tuple[Any, str | None]:
     return resolve(registry, name, hint)
 
 
+def resolve_names(plugins: Any, strategies: Sequence[str], backbones: Sequence[str], datasets: Sequence[str]
+                  ) -> tuple[list[tuple[str, Any]], list[str], list[tuple[str, Any]]]:
+    """(name, Strategy) pairs, backbone names and (name, dataset family) pairs of a grid, each name checked; empty
+    means every registered strategy (refused while a plugin is broken), the default backbones, the default
+    dataset."""
+    if not strategies:  # "every registered strategy" is not every one while a plugin is broken
+        plugins.require_valid()
+    hint = plugins.failure_hint()
+    strategy_names = list(dict.fromkeys(strategies)) or plugins.strategies.names()
+    chosen_strategies = [(name, plugins.strategies.get(name, hint)) for name in strategy_names]
+    backbone_names = list(dict.fromkeys(backbones)) or list(DEFAULT_BACKBONES)
+    for name in backbone_names:
+        _resolve(plugins.backbones, name, hint)
+    dataset_names = list(dict.fromkeys(datasets)) or [DEFAULT_DATASET]
+    chosen_datasets = [(name, _resolve(plugins.datasets, name, hint)[0]) for name in dataset_names]
+    return chosen_strategies, backbone_names, chosen_datasets
+
+
 def parse_settings(settings: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
     """``--set`` strings (``KEY=VALUE``) or a mapping, as one dict of overrides."""
     from tlbench.plan import parse_overrides
@@ -270,8 +288,8 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
              results_dir: str | Path | None = None, executor: str = "local",
              executor_options_: Mapping[str, Any] | None = None, device: str | None = None, force: bool = False,
              retry_failed: bool = False, progress: str = "auto", reporter: Reporter | None = None,
-             plugins: Any = None, command: str | None = None, warn: Callable[[str], None] | None = None
-             ) -> GridResult:
+             plugins: Any = None, command: str | None = None, warn: Callable[[str], None] | None = None,
+             trials: Sequence[Any] | None = None) -> GridResult:
     """Run every dataset × backbone × strategy × seed trial that has no record yet and return the outcome.
 
     ``strategies`` empty means every registered strategy; ``backbones`` and ``datasets`` empty mean the defaults
@@ -280,7 +298,9 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     executor plugin (``local``, ``process``, ``ray``, ``slurm``); its options come from ``executor_options_`` and
     ``executor.<key>`` settings. ``device`` is ``cpu`` / ``cuda[:N]`` / None (CUDA where available). ``progress``:
     "auto" (a bar on a terminal, lines otherwise), "bar", "lines" or "off". Bad input raises :class:`UsageError`
-    before anything is written. Nothing is printed unless ``reporter`` prints.
+    before anything is written. Nothing is printed unless ``reporter`` prints. ``trials``: run these
+    :class:`tlbench.plan.Trial` objects instead of the product of names and settings (``tlbench.tuning`` builds
+    one per configuration of a search space); ``settings`` then only set executor options.
     """
     from tlbench.plan import build_trials, check_seeds
     from tlbench.registry import Plugins
@@ -295,17 +315,8 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     check_seeds(first_seed, seeds)
     if plugins is None:
         plugins = Plugins()
-    if not strategies:  # "every registered strategy" is not every one while a plugin is broken
-        plugins.require_valid()
-    hint = plugins.failure_hint()
-    strategy_names = list(dict.fromkeys(strategies)) or plugins.strategies.names()
-    chosen_strategies = [(name, plugins.strategies.get(name, hint)) for name in strategy_names]
-    backbone_names = list(dict.fromkeys(backbones)) or list(DEFAULT_BACKBONES)
-    for name in backbone_names:
-        _resolve(plugins.backbones, name, hint)
-    dataset_names = list(dict.fromkeys(datasets)) or [DEFAULT_DATASET]
-    chosen_datasets = [(name, _resolve(plugins.datasets, name, hint)[0]) for name in dataset_names]
-    chosen_executor = plugins.executors.get(executor, hint)
+    chosen_strategies, backbone_names, chosen_datasets = resolve_names(plugins, strategies, backbones, datasets)
+    chosen_executor = plugins.executors.get(executor, plugins.failure_hint())
 
     overrides = parse_settings(settings)
     given_options = dict(executor_options_ or {})
@@ -315,9 +326,12 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
             raise UsageError(f"--set {key}=... names no executor option; use executor.<option>=VALUE")
         given_options[sub] = overrides.pop(key)
     options = executor_options(chosen_executor, given_options)
-    trials = build_trials(datasets=chosen_datasets, backbones=backbone_names, strategies=chosen_strategies,
-                          seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
-                          registered_strategies=dict(plugins.strategies.items()))
+    if trials is None:
+        trials = build_trials(datasets=chosen_datasets, backbones=backbone_names, strategies=chosen_strategies,
+                              seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
+                              registered_strategies=dict(plugins.strategies.items()))
+    else:
+        trials = list(trials)
 
     store = ResultStore(results_dir or default_results_dir(), warn=warn)
     store.check_writable()

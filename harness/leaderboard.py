@@ -74,19 +74,63 @@ def _get(record: Any, dotted: str) -> Any:
     return get(record, dotted)
 
 
-def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None) -> list[dict[str, Any]]:
-    """One entry per configuration (same trial identity except the seed), with its ok and failed records."""
+def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None,
+                  sweeps: Sequence[Any] = (), candidates: bool = False) -> list[dict[str, Any]]:
+    """One entry per configuration (same trial identity except the seed), with its ok and failed records.
+
+    With ``sweeps`` (``tlbench.tuning.Sweep``), each sweep adds a *tuned* entry: its reporting seeds' records of
+    the chosen configuration, ``tuning`` saying "best of K on val: <values>". Records a sweep ran for
+    non-default configurations (the candidates on the selection seeds, the chosen one's reporting seeds) appear
+    only in the tuned row unless ``candidates`` (the candidates' test scores chose nothing; listing them invites
+    choosing on test); every other entry's ``tuning`` is "default" or "as set" (some of the strategy's own
+    settings given by hand)."""
     groups: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, Any] = {}
     for record in records:
         if dataset and get(record, "trial.dataset") != dataset:
             continue
+        by_key[get(record, "key")] = record
         group = groups.setdefault(get(record, "trial.group", get(record, "key")), {
             "dataset": get(record, "trial.dataset"), "backbone": get(record, "trial.backbone"),
             "strategy": get(record, "trial.label", get(record, "trial.strategy")),
-            "name": get(record, "trial.strategy"), "ok": [], "failed": [],
+            "name": get(record, "trial.strategy"), "ok": [], "failed": [], "tuned": False,
+            "tuning": _tuning_of(record),
             "data": json.dumps(get(record, "trial.data", {}), sort_keys=True, default=str)})
         (group["ok"] if get(record, "status") == "ok" else group["failed"]).append(record)
-    return list(groups.values())
+    in_sweeps = {key for sweep in sweeps for c in sweep.candidates for key in c.keys} | {
+        key for sweep in sweeps for key in sweep.reporting_keys}
+    for key, group in list(groups.items()):
+        if group["tuning"] == "default" or not in_sweeps:
+            continue
+        if candidates:  # everything, marked
+            if all(get(r, "key") in in_sweeps for r in group["ok"] + group["failed"]):
+                group["tuning"] = "tried by a sweep"
+            continue
+        # a configuration a sweep tried (or chose: its tuned row shows it) keeps only seeds run by hand
+        group["ok"] = [r for r in group["ok"] if get(r, "key") not in in_sweeps]
+        group["failed"] = [r for r in group["failed"] if get(r, "key") not in in_sweeps]
+        if not group["ok"] and not group["failed"]:
+            del groups[key]
+    entries = list(groups.values())
+    for sweep in sweeps:
+        found = [by_key[key] for key in sweep.reporting_keys if key in by_key]
+        if not found:
+            continue
+        first = found[0]
+        entries.append({"dataset": get(first, "trial.dataset"), "backbone": get(first, "trial.backbone"),
+                        "strategy": sweep.reporting_label, "name": sweep.strategy, "tuned": True,
+                        "tuning": sweep.tuning_text, "sweep": sweep,
+                        "ok": [r for r in found if get(r, "status") == "ok"],
+                        "failed": [r for r in found if get(r, "status") != "ok"],
+                        "data": json.dumps(get(first, "trial.data", {}), sort_keys=True, default=str)})
+    return entries
+
+
+def _tuning_of(record: Any) -> str:
+    """"default" unless some of the strategy's own hyper-parameters were set by hand ("as set")."""
+    hparams = get(record, "trial.hparams", {}) or {}
+    overrides = get(record, "trial.overrides", {}) or {}
+    return "as set" if any(key in hparams for key in overrides) else "default"
 
 
 def _aggregate(values: Sequence[float]) -> tuple[float, float | None, float | None]:
@@ -151,23 +195,30 @@ def _trained_on_features(record: dict[str, Any]) -> bool:
     return bool(_get(record, "metrics.feature_cache"))
 
 
-def _sorted_groups(records: Iterable[Any], dataset: str | None) -> list[dict[str, Any]]:
+def _sorted_groups(records: Iterable[Any], dataset: str | None, sweeps: Sequence[Any] = (),
+                   candidates: bool = False) -> list[dict[str, Any]]:
+    """Per dataset, the untuned rows then the tuned ones, each by test top-1."""
     def sort_key(group: dict[str, Any]) -> tuple:
         accs = [v for v in (get(r, "metrics.test_top1") for r in group["ok"]) if isinstance(v, (int, float))]
-        return (group["dataset"] or "", -(statistics.fmean(accs) if accs else -1.0), group["backbone"] or "",
-                group["strategy"] or "")
+        return (group["dataset"] or "", group["tuned"], -(statistics.fmean(accs) if accs else -1.0),
+                group["backbone"] or "", group["strategy"] or "")
 
-    return sorted(group_records(records, dataset), key=sort_key)
+    return sorted(group_records(records, dataset, sweeps, candidates), key=sort_key)
 
 
 def leaderboard_rows(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS,
-                     dataset: str | None = None, machine: bool = False) -> list[dict[str, Any]]:
+                     dataset: str | None = None, machine: bool = False, sweeps: Sequence[Any] = (),
+                     candidates: bool = False) -> list[dict[str, Any]]:
+    """One row per configuration (and per sweep's tuned configuration); a "tuning" column when there are
+    sweeps."""
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise UsageError(f"unknown leaderboard column {unknown[0]!r}; choose from {', '.join(COLUMNS)}")
     rows = []
-    for group in _sorted_groups(records, dataset):
+    for group in _sorted_groups(records, dataset, sweeps, candidates):
         row = {"dataset": group["dataset"], "backbone": group["backbone"], "strategy": group["strategy"]}
+        if sweeps:
+            row["tuning"] = group["tuning"]
         for column in columns:
             row[column if machine else COLUMNS[column][0]] = _cell(group, column, machine)
         rows.append(row)
@@ -207,10 +258,12 @@ def variance_note(records: Iterable[Any], dataset: str | None = None) -> str:
 
 # ----------------------------------------------------------------------------------- paired comparisons
 def paired_comparisons(records: Iterable[Any], reference: str, dataset: str | None = None,
-                       metric: str = "metrics.test_top1") -> dict[str, PairedComparison | None]:
+                       metric: str = "metrics.test_top1", sweeps: Sequence[Any] = (),
+                       candidates: bool = False) -> dict[str, PairedComparison | None]:
     """Group id -> the paired comparison of that configuration with the ``reference`` strategy (same dataset,
-    backbone and data settings; paired by seed, so by split too), None where no seed pairs."""
-    groups = group_records(records, dataset)
+    backbone and data settings; paired by seed, so by split too), None where no seed pairs. A tuned row is
+    compared with the reference's tuned row, an untuned one with its untuned row."""
+    groups = group_records(records, dataset, sweeps, candidates)
     out: dict[str, PairedComparison | None] = {}
     for group in groups:
         ref = reference_group(groups, reference, group)
@@ -230,8 +283,8 @@ def reference_group(groups: Sequence[dict[str, Any]], reference: str,
     """The reference configuration that ``group`` is paired with: same dataset, backbone and data settings; the
     exact label wins over the strategy name; several candidates by name (``full`` and ``full[lr=...]``) are an
     error asking for the label."""
-    place = [g for g in groups if (g["dataset"], g["backbone"], g["data"]) ==
-             (group["dataset"], group["backbone"], group["data"])]
+    place = [g for g in groups if (g["dataset"], g["backbone"], g["data"], g.get("tuned", False)) ==
+             (group["dataset"], group["backbone"], group["data"], group.get("tuned", False))]
     exact = [g for g in place if g["strategy"] == reference]
     if exact:
         return exact[0]
@@ -243,7 +296,8 @@ def reference_group(groups: Sequence[dict[str, Any]], reference: str,
 
 
 def _group_id(group: dict[str, Any]) -> str:
-    return json.dumps([group["dataset"], group["backbone"], group["strategy"], group["data"]])
+    return json.dumps([group["dataset"], group["backbone"], group["strategy"], group["data"],
+                       group.get("tuning", "")])
 
 
 def _by_seed(records: Sequence[Any], metric: str) -> dict[int, float]:
@@ -291,16 +345,19 @@ def comparison_values(comparison: PairedComparison | None, reference: str) -> di
 
 
 def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS, dataset: str | None = None,
-                vs: str | None = None) -> LeaderboardTable:
+                vs: str | None = None, sweeps: Sequence[Any] = (), candidates: bool = False) -> LeaderboardTable:
     """The leaderboard as display rows, machine values and notes; with ``vs``, each configuration's paired
-    difference of test top-1 to strategy ``vs`` (per seed, bootstrap 95% interval, probability of improvement)."""
+    difference of test top-1 to strategy ``vs`` (per seed, bootstrap 95% interval, probability of improvement).
+    ``sweeps`` add tuned rows (see :func:`group_records`)."""
     records = list(records)
+    sweeps = [s for s in sweeps if not dataset or s.dataset == dataset]
     if vs is not None:
         check_reference(records, vs, dataset)
-    rows = leaderboard_rows(records, columns, dataset)
-    values = leaderboard_rows(records, columns, dataset, machine=True)
-    groups = _sorted_groups(records, dataset)
-    comparisons = paired_comparisons(records, vs, dataset) if vs is not None else {}
+    rows = leaderboard_rows(records, columns, dataset, sweeps=sweeps, candidates=candidates)
+    values = leaderboard_rows(records, columns, dataset, machine=True, sweeps=sweeps, candidates=candidates)
+    groups = _sorted_groups(records, dataset, sweeps, candidates)
+    comparisons = paired_comparisons(records, vs, dataset, sweeps=sweeps,
+                                     candidates=candidates) if vs is not None else {}
     for group, row, value in zip(groups, rows, values):
         value["variance"] = variance_sources(group["ok"])
         if vs is not None:
@@ -312,6 +369,8 @@ def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS
             row["paired"] = cells["verdict"]
             value["vs"] = None if reference_here else comparison_values(comparison, vs)
     notes = [note for note in [variance_note(records, dataset)] if note]
+    if sweeps:
+        notes.append(tuning_note(sweeps, groups, candidates))
     if vs is not None:
         notes.append(f"Δ vs {vs}: mean over seeds of the per-seed difference of test top-1 (same seed, same split) "
                      f"with a percentile bootstrap 95% interval; P(better): share of seeds in which the strategy "
@@ -325,15 +384,30 @@ def builtin_formats() -> dict[str, LeaderboardFormat]:
     return {fmt.name: fmt for fmt in BUILTIN_FORMATS}
 
 
+def tuning_note(sweeps: Sequence[Any], groups: Sequence[dict[str, Any]], candidates: bool) -> str:
+    """What the tuned rows are, and how many configurations were tried only to choose."""
+    budgets = sorted({(len(s.candidates), len(s.selection_seeds), len(s.reporting_seeds)) for s in sweeps})
+    text = "; ".join(f"best of {k} configurations on validation ({s} selection seed{'s' * (s > 1)}), test top-1 "
+                     f"over {n} fresh reporting seed{'s' * (n > 1)}" for k, s, n in budgets)
+    tried = {c.group for sweep in sweeps for c in sweep.candidates}
+    shown = {get(r, "trial.group") for g in groups if not g["tuned"] for r in g["ok"] + g["failed"]}
+    hidden = len(tried - shown)
+    return (f"tuned rows: {text}; the selection seeds' test scores are never read. " +
+            (f"{hidden} other configuration(s) the sweeps ran are not listed on their own (--candidates lists "
+             f"them)."
+             if hidden and not candidates else ""))
+
+
 def render(records: Iterable[Any], fmt: str = "github", columns: Sequence[str] = DEFAULT_COLUMNS,
            dataset: str | None = None, vs: str | None = None,
-           formats: dict[str, LeaderboardFormat] | None = None) -> str:
+           formats: dict[str, LeaderboardFormat] | None = None, sweeps: Sequence[Any] = (),
+           candidates: bool = False) -> str:
     """The leaderboard in format ``fmt`` ("" when there are no rows). ``formats``: name -> format, e.g. from
     ``Plugins().leaderboard_formats``; the built-in ones when None."""
     formats = builtin_formats() if formats is None else formats
     if fmt not in formats:
         raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
-    table = build_table(records, columns, dataset, vs)
+    table = build_table(records, columns, dataset, vs, sweeps, candidates)
     if not table.rows and fmt != "json":
         return ""
     return formats[fmt].render(table)

@@ -14,6 +14,7 @@ import pluggy
 
 from tlbench import hookspecs
 from tlbench.publishing import LeaderboardFormat, ReportSection
+from tlbench.tuning import check_search_space
 from tlbench.types import BackboneFamily, DatasetFamily, Executor, Strategy, UsageError
 
 ENTRY_POINT_GROUP = "tlbench"
@@ -129,6 +130,7 @@ def _as_strategy(obj: Any) -> Strategy:
         obj = obj()
     if not isinstance(obj, Strategy):
         raise UsageError(f"register_strategies got {obj!r}, which is not a tlbench.Strategy subclass or instance")
+    check_search_space(obj)
     return obj
 
 

@@ -223,7 +223,9 @@ class Strategy:
     (epochs, batch_size, weight_decay, ...) for this strategy. Both are overridable from the command line with
     ``--set <strategy>.<key>=<value>`` and are recorded in every result. ``requires`` names optional packages the
     strategy imports (``{"peft": "pip install 'tlbench[peft]'"}``): without them it is still listed, and a run
-    that asks for it stops with the install hint.
+    that asks for it stops with the install hint. ``search_space`` maps hyper-parameters (or protocol settings
+    other than ``epochs``) to the values ``tlbench run --tune`` tries, e.g. ``{"lr": tlbench.log_grid(1e-4)}``;
+    left as None, every learning rate (a key ending in ``lr``) gets ``log_grid`` around its default.
     """
 
     name: ClassVar[str] = ""
@@ -232,6 +234,7 @@ class Strategy:
     defaults: ClassVar[Mapping[str, Any]] = {}
     protocol: ClassVar[Mapping[str, Any]] = {}
     requires: ClassVar[Mapping[str, str]] = {}
+    search_space: ClassVar[Mapping[str, Sequence[Any]] | None] = None
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
         raise NotImplementedError

@@ -21,6 +21,7 @@ class LayerwiseLRDecay(Strategy):
     name = "llrd"
     description = "BEiT/MAE layer-wise LR decay: head at lr, each earlier group (stage) at decay x the next one"
     defaults = {"lr": 1e-3, "decay": 0.75, "batchnorm": "frozen"}
+    search_space = {"lr": [3e-4, 1e-3, 3e-3], "decay": [0.65, 0.75, 0.85]}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         super().validate(hparams, protocol)
