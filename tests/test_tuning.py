@@ -451,3 +451,25 @@ def test_list_strategies_shows_each_search_space():
     assert out.exit_code == 0 and "search space (--tune)" in out.output
     line = next(line for line in out.output.splitlines() if line.startswith("full "))
     assert "lr [3e-05, 0.0001, 0.0003, 0.001]" in line
+
+
+def test_a_sweep_killed_with_sigkill_mid_trial_resumes_without_redoing_finished_configurations(tmp_path,
+                                                                                              tiny_backbone):
+    """The real thing: `tlbench run --tune` in a child process, SIGKILLed while its third configuration trains."""
+    import subprocess
+
+    from test_reliability import child_env, run_until_marker_then_kill, tlbench
+
+    results = tmp_path / "results"
+    args = ["run", "-q", "--tune", "-s", "full", "-b", tiny_backbone, "-d", "synthetic", "--epochs", "1",
+            "--seeds", "1", "--set", "data.train_size=64", "--results-dir", str(results)]
+    run_until_marker_then_kill(args, results, "fit", 3, tmp_path / "killed.log")
+    done = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in results.glob("*.json")}
+    assert len(done) == 2 and not (results / "tuning").exists()
+    final = subprocess.run(tlbench(*args), capture_output=True, text=True, env=child_env(), timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert "4 trial(s), 2 already done, 2 to run" in final.stderr
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in results.glob("*.json") if p.name in done} == done
+    (sweep,) = read_sweeps(results)
+    assert len(sweep.candidates) == 4 and all(c.val_top1 is not None for c in sweep.candidates)
+    assert len(list(results.glob("*.json"))) == 5  # 4 configurations + 1 reporting seed
