@@ -387,9 +387,11 @@ def report(results_dir: Path | None, out: Path, dataset: str | None, reference: 
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
     plugins = _plugins()
     plugins.require_valid()
+    from tlbench.tuning import read_sweeps
+
     written = write_report(store.records(), out, sections=[s for _, s in plugins.report_sections.items()],
                            dataset=dataset, reference=reference, progress=_progress_factory(quiet),
-                           source=str(store.root))
+                           source=str(store.root), sweeps=read_sweeps(store.root, _warn_line))
     click.echo(f"tlbench: report written to {written}", err=True)
 
 

@@ -86,8 +86,10 @@ def _check_out(out: Path) -> Path:
 
 
 def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None,
-                     figure: Callable[[Any, str], str]) -> list[ReportContext]:
-    """One context per dataset (sorted by name): its records, its leaderboard and the paired comparisons."""
+                     figure: Callable[[Any, str], str], sweeps: Sequence[Any] = ()) -> list[ReportContext]:
+    """One context per dataset (sorted by name): its records, its leaderboard and the paired comparisons. With
+    ``sweeps`` (``tlbench run --tune``) the leaderboard has tuned rows, and the records a sweep ran only to choose
+    are left out of the context, as from the leaderboard."""
     from tlbench.leaderboard import _group_id, check_reference, is_reference, paired_comparisons
 
     names = sorted({get(r, "trial.dataset") for r in records if get(r, "trial.dataset")})
@@ -98,15 +100,18 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
     check_reference(records, reference, option="--reference")
     contexts = []
     for name in names:
-        own = [r for r in records if get(r, "trial.dataset") == name]
-        own_groups = group_records(own)
+        own_sweeps = [s for s in sweeps if s.dataset == name]
+        own_groups = group_records([r for r in records if get(r, "trial.dataset") == name], sweeps=own_sweeps)
+        shown = {get(r, "key") for g in own_groups for r in g["ok"] + g["failed"]}
+        own = [r for r in records if get(r, "trial.dataset") == name and get(r, "key") in shown]
         has_reference = any(is_reference(g, reference) for g in own_groups)
-        table = build_table(own, REPORT_COLUMNS, vs=reference if has_reference else None)
+        table = build_table(own, REPORT_COLUMNS, vs=reference if has_reference else None, sweeps=own_sweeps)
         comparisons = {}
         if has_reference:
-            by_group = paired_comparisons(own, reference)
+            by_group = paired_comparisons(own, reference, sweeps=own_sweeps)
             multi = len({g["backbone"] for g in own_groups}) > 1
-            comparisons = {configuration_name(g["backbone"], g["strategy"], multi): by_group[_group_id(g)]
+            comparisons = {configuration_name(g["backbone"], g["strategy"], multi) + (" (tuned)" if g["tuned"]
+                                                                                      else ""): by_group[_group_id(g)]
                            for g in own_groups if by_group[_group_id(g)] is not None}
         contexts.append(ReportContext(name, own, table, reference if has_reference else "", comparisons,
                                       variance_note(own) or "one seed per configuration: no intervals", figure))
@@ -115,7 +120,7 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
 
 def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dataset: str | None = None,
                   reference: str = "full", progress: Callable[[str, int], Any] | None = None,
-                  source: str = "") -> str:
+                  source: str = "", sweeps: Sequence[Any] = ()) -> str:
     """The report's HTML text. ``progress(label, total)`` is a context manager yielding a bar with ``update(n)``
     (or None), advanced once per section per dataset."""
     _require_matplotlib()
@@ -123,7 +128,7 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
     if not records:
         raise UsageError(f"no records{f' in {source!r}' if source else ''}; run `tlbench run` first or pass "
                          f"--results-dir")
-    contexts = dataset_contexts(records, reference, dataset, lambda fig, alt: embed_figure(fig, alt))
+    contexts = dataset_contexts(records, reference, dataset, lambda fig, alt: embed_figure(fig, alt), sweeps)
     ordered = sorted(sections, key=lambda s: (s.order, s.name))
     body = []
     with (progress or (lambda label, total: nullcontext(None)))("report", len(contexts) * len(ordered)) as bar:
@@ -155,10 +160,10 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
 
 def write_report(records: Iterable[Any], out: Path, sections: Sequence[ReportSection], dataset: str | None = None,
                  reference: str = "full", progress: Callable[[str, int], Any] | None = None,
-                 source: str = "") -> Path:
+                 source: str = "", sweeps: Sequence[Any] = ()) -> Path:
     """Renders the report and writes it atomically to ``out``; nothing is written when anything fails."""
     out = _check_out(out)
-    text = render_report(records, sections, dataset, reference, progress, source)
+    text = render_report(records, sections, dataset, reference, progress, source, sweeps)
     atomic_write_text(out, text, readable_by_all=True)  # mkstemp's 0600 would hide the report from its readers
     return out
 

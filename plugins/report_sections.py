@@ -34,7 +34,8 @@ def _label(record: Any, context: ReportContext) -> str:
 
 
 def _row_name(row: dict[str, Any], context: ReportContext) -> str:
-    return configuration_name(row.get("backbone"), row["strategy"], _multi(context))
+    tuned = str(row.get("tuning", "")).startswith("best of")
+    return configuration_name(row.get("backbone"), row["strategy"], _multi(context)) + (" (tuned)" if tuned else "")
 
 
 def _strategy_order(context: ReportContext) -> list[str]:
