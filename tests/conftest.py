@@ -15,6 +15,18 @@ def builtin_plugins_only(monkeypatch):
     monkeypatch.setenv("TLBENCH_DISABLE_PLUGINS", "1")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """In-process trials on one thread: on a busy 2-core machine two OpenMP threads can make a tiny trial 10x
+    slower. Modules use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
     """A weights file for timm's tiny `test_efficientnet` (100k parameters), so "pretrained" runs offline through

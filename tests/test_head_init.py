@@ -15,12 +15,7 @@ from tlbench.plan import PROTOCOL_DEFAULTS, Trial
 from tlbench.types import UsageError
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fresh_head(classes: int = 10) -> nn.Linear:
