@@ -468,3 +468,16 @@ def test_a_sweep_killed_with_sigkill_mid_trial_resumes_without_redoing_finished_
     (sweep,) = read_sweeps(results)
     assert len(sweep.candidates) == 4 and all(c.val_top1 is not None for c in sweep.candidates)
     assert len(list(results.glob("*.json"))) == 5  # 4 configurations + 1 reporting seed
+
+
+def test_a_sweep_runs_through_another_executor_with_the_same_choice(tmp_path, tiny_backbone):
+    """Configurations are ordinary trials: the process executor runs them in a child and the choice is the same."""
+    choices = {}
+    for executor in ("local", "process"):
+        result = tune_grid(["frozen"], [tiny_backbone], ["synthetic"], budget=2, seeds=1, executor=executor,
+                           settings={"epochs": 1, "data.train_size": 64}, results_dir=tmp_path / executor,
+                           progress="off", device="cpu")
+        assert result.exit_code == 0
+        (sweep,) = result.sweeps
+        choices[executor] = (sweep.chosen_config, [c.val_top1 for c in sweep.candidates])
+    assert choices["local"] == choices["process"]
