@@ -248,8 +248,8 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
 
 
 def _report_tuning(tuned: Any, fmt: str, formats: dict[str, Any]) -> None:
-    """The end of a tuned run: the tuned rows beside the default rows of the same strategies, the budgets and
-    every grid's summary."""
+    """The end of a tuned run: the leaderboard of its records with the tuned rows apart, each stage's summary, and
+    the strategies that could not be tuned (the budgets were printed when it started)."""
     from tlbench.leaderboard import render
 
     if tuned.sweeps:
@@ -304,8 +304,8 @@ def list_(kind: str | None) -> None:
             row = [shown, description, ", ".join(f"{k}={v}" for k, v in defaults.items())]
             if name == "strategies":
                 space, source = search_space(item)
-                row.append(" x ".join(f"{k} {v}" for k, v in space.items()) + (
-                    " (derived)" if source.startswith("derived") else "") or "none")
+                shown_space = " x ".join(f"{k} {v}" for k, v in space.items()) or "none"
+                row.append(shown_space + (" (derived)" if source.startswith("derived") else ""))
             rows.append(row + [registries[name].owner(item_name)])
         headers = ["name", "description", "defaults"] + (["search space (--tune)"] if name == "strategies" else [])
         click.echo(f"{name}:")

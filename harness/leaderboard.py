@@ -296,8 +296,9 @@ def reference_group(groups: Sequence[dict[str, Any]], reference: str,
 
 
 def _group_id(group: dict[str, Any]) -> str:
+    sweep = group.get("sweep")
     return json.dumps([group["dataset"], group["backbone"], group["strategy"], group["data"],
-                       group.get("tuning", "")])
+                       sweep.key if sweep is not None else group.get("tuning", "")])
 
 
 def _by_seed(records: Sequence[Any], metric: str) -> dict[int, float]:
