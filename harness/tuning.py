@@ -413,6 +413,7 @@ def tune_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), dat
     records = {r.key: r for r in store.records()}
     reporting_trials = []
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    written = {s.key: s for s in read_sweeps(store_dir, warn)}
     for plan in plans:
         name = plan["strategy"][0]
         where = f"{plan['dataset'][0]} / {plan['backbone']} / {name}"
@@ -440,7 +441,7 @@ def tune_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), dat
         sweep = Sweep(sweep_key, plan["dataset"][0], plan["backbone"], name, plan["space"], plan["source"],
                       plan["budget"], plan["sampling"], candidates, chosen, selection_range, reporting_range,
                       [t.key for t in reporting], reporting[0].group, reporting[0].label, created=created)
-        previous = {s.key: s for s in read_sweeps(store_dir)}.get(sweep_key)
+        previous = written.get(sweep_key)
         if previous is not None:
             sweep.created = previous.created  # resumed: the same choice, the same file
         if previous is None or previous.to_json_dict() != sweep.to_json_dict():
