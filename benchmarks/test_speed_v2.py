@@ -111,24 +111,19 @@ TRIAL_STEPS = 8 * (1000 // BATCH_SIZE)  # one default trial's training steps: to
 ADOPT_SPEEDUP = 1.15  # "clearly faster": an option must beat fp32 by 15% (after compile time) to be considered
 TOLERANCE_ADOPT = 0.05
 # Options measured faster but not adopted, and why (accuracy checked on validation). Empty: none so far.
-NOT_ADOPTED: dict[str, str] = {
-    # measured on the idle 2-core CPU (README, Speed): 1.39x and 1.42x per step; the classic five, seed 0, with
-    # --set channels_last=true: validation top-1 within seed noise (full 85.6 -> 85.8, scratch 65.0 -> 66.6, the
-    # others equal), grid 208.6 s against 241.4 s
-    "channels_last": "faster at equal accuracy, but making it the CPU default changes what every CPU trial with "
-                     "channels_last=auto computes under its existing key: it needs a protocol version bump and the "
-                     "README's tables re-run; until then use --set channels_last=true",
-}
+# channels_last was listed here until protocol 2 adopted it (1.39x and 1.42x per step on the idle 2-core CPU; the
+# classic five at seed 0 within seed noise on validation: README, Speed).
+NOT_ADOPTED: dict[str, str] = {}
 
 
 def test_cpu_step_options(benchmark, plugins, report):
     """One efficientnet_lite0 full fine-tune step at 64 px, batch 32, in five variants, interleaved step by step
-    (rotating the order each round): fp32 (today's CPU default), channels_last, bf16 autocast, bf16 +
+    (rotating the order each round): fp32 (the protocol-1 CPU default), channels_last (protocol 2's), bf16 autocast, bf16 +
     channels_last, torch.compile (its compile time, amortised over one default trial's 248 steps, is added).
     Each variant trains its own copy of the model. Reported: median step times and ratios fp32/variant. Asserted:
     the CPU defaults agree with the measurement — an option clearly faster (>= 1.15x) is either adopted or listed
     in NOT_ADOPTED with its accuracy reason."""
-    from tlbench.trainer import resolve_amp
+    from tlbench.trainer import resolve_amp, resolve_channels_last
 
     torch.manual_seed(SEED)
     base = plugins.backbones.get("efficientnet_lite0").build(None, NUM_CLASSES, pretrained=True).model
@@ -186,7 +181,8 @@ def test_cpu_step_options(benchmark, plugins, report):
                f"RATIO fp32/{name} = {speedup[name]:.2f}")
     if not bf16_supported:
         report(benchmark, "bf16", None, "[cpu options] bf16 not measured: oneDNN reports no bf16 support here")
-    defaults = {"bf16": resolve_amp(torch.device("cpu"), "auto") == "bf16"}
+    cpu = torch.device("cpu")
+    defaults = {"bf16": resolve_amp(cpu, "auto") == "bf16", "channels_last": resolve_channels_last(cpu, "auto")}
     for name, value in speedup.items():
         if name == "fp32" or value < ADOPT_SPEEDUP + TOLERANCE_ADOPT:
             continue
@@ -195,7 +191,7 @@ def test_cpu_step_options(benchmark, plugins, report):
             f"{name} is {value:.2f}x faster than fp32 on this CPU: check its accuracy on validation and adopt it as "
             f"a CPU default, or record why not in NOT_ADOPTED")
     kept = [name for name, value in speedup.items() if name != "fp32" and value < ADOPT_SPEEDUP + TOLERANCE_ADOPT]
-    report(benchmark, "decision", {"kept_off": kept, "bf16_default": defaults["bf16"]},
+    report(benchmark, "decision", {"kept_off": kept, **{f"{k}_default": v for k, v in defaults.items()}},
            f"[cpu options] not clearly faster than fp32 (< {ADOPT_SPEEDUP:g}x + {TOLERANCE_ADOPT:g}), so not CPU "
            f"defaults: {', '.join(kept) or 'none'}")
 

@@ -12,6 +12,7 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
+from tlbench import PROTOCOL_VERSION
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get
 from tlbench.stats import PairedComparison, paired_comparison
@@ -92,8 +93,9 @@ def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None,
         by_key[get(record, "key")] = record
         group = groups.setdefault(get(record, "trial.group", get(record, "key")), {
             "dataset": get(record, "trial.dataset"), "backbone": get(record, "trial.backbone"),
-            "strategy": get(record, "trial.label", get(record, "trial.strategy")),
-            "name": get(record, "trial.strategy"), "ok": [], "failed": [], "tuned": False,
+            "strategy": _label(get(record, "trial.label", get(record, "trial.strategy")), record),
+            "name": get(record, "trial.strategy"), "protocol": protocol_of(record), "ok": [], "failed": [],
+            "tuned": False,
             "tuning": _tuning_of(record),
             "data": json.dumps(get(record, "trial.data", {}), sort_keys=True, default=str)})
         (group["ok"] if get(record, "status") == "ok" else group["failed"]).append(record)
@@ -118,12 +120,25 @@ def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None,
             continue
         first = found[0]
         entries.append({"dataset": get(first, "trial.dataset"), "backbone": get(first, "trial.backbone"),
-                        "strategy": sweep.reporting_label, "name": sweep.strategy, "tuned": True,
+                        "strategy": _label(sweep.reporting_label, first), "name": sweep.strategy,
+                        "protocol": protocol_of(first), "tuned": True,
                         "tuning": sweep.tuning_text, "sweep": sweep,
                         "ok": [r for r in found if get(r, "status") == "ok"],
                         "failed": [r for r in found if get(r, "status") != "ok"],
                         "data": json.dumps(get(first, "trial.data", {}), sort_keys=True, default=str)})
     return entries
+
+
+def protocol_of(record: Any) -> int:
+    """The protocol version a record was measured under (records older than the field: 1)."""
+    return get(record, "trial.protocol_version", 1) or 1
+
+
+def _label(label: str, record: Any) -> str:
+    """A configuration measured under an older protocol says so: its numbers are not today's defaults' (protocol 1
+    ran the CPU without channels_last), and it is never paired with a configuration of another protocol."""
+    version = protocol_of(record)
+    return label if version == PROTOCOL_VERSION else f"{label} (protocol {version})"
 
 
 def _tuning_of(record: Any) -> str:
@@ -283,8 +298,10 @@ def reference_group(groups: Sequence[dict[str, Any]], reference: str,
     """The reference configuration that ``group`` is paired with: same dataset, backbone and data settings; the
     exact label wins over the strategy name; several candidates by name (``full`` and ``full[lr=...]``) are an
     error asking for the label."""
-    place = [g for g in groups if (g["dataset"], g["backbone"], g["data"], g.get("tuned", False)) ==
-             (group["dataset"], group["backbone"], group["data"], group.get("tuned", False))]
+    def place_of(g: dict[str, Any]) -> tuple:
+        return g["dataset"], g["backbone"], g["data"], g.get("tuned", False), g.get("protocol", PROTOCOL_VERSION)
+
+    place = [g for g in groups if place_of(g) == place_of(group)]
     exact = [g for g in place if g["strategy"] == reference]
     if exact:
         return exact[0]

@@ -34,7 +34,7 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
     "feature_cache": True,  # train a head on cached frozen features when the plan allows it
     "prefix_cache_mib": 2048,  # memory budget for cached frozen-prefix activations (0 = off); see prefix_cache.py
     "amp": "auto",  # "auto" = bf16 autocast on CUDA only; "off"; "bf16"; "fp16"
-    "channels_last": "auto",  # "auto" = on for CUDA, off on CPU; or true / false
+    "channels_last": "auto",  # "auto" = on (CUDA and CPU; protocol 1: CUDA only); or true / false
     "compile": False,
     "deterministic": False,
 }

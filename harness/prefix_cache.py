@@ -232,7 +232,8 @@ def serve(cache: PrefixCache, identity: Any, splits: Any, prepare: Callable[[tor
           protocol: Any, device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager]
           ) -> Callable[[PrefixPlan, tuple[str, ...]], CachedPrefix]:
     """What a trial hands the phase runner: ``request(plan, needed_splits)`` served from the run's cache.
-    ``identity`` is everything the activations depend on besides the cut (weights, data, preprocessing, amp)."""
+    ``identity`` is everything the activations depend on besides the cut (weights, data, preprocessing, amp,
+    memory format)."""
     images = {s: getattr(splits, f"{s}_images") for s in SPLITS}
 
     def request(plan: PrefixPlan, needed: tuple[str, ...]) -> CachedPrefix:

@@ -26,7 +26,8 @@ from tlbench.prefix_cache import PrefixCache, serve
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
 from tlbench.records import SCHEMA_VERSION, Record, RecordError
-from tlbench.trainer import TrialDiverged, autocast_context, extract_features, resolve_amp, resolve_eval_batch_size
+from tlbench.trainer import (TrialDiverged, autocast_context, extract_features, resolve_amp, resolve_channels_last,
+                             resolve_eval_batch_size)
 from tlbench.types import ImageSplits, UsageError
 
 
@@ -193,10 +194,9 @@ class TrialRunner:
             check_phases(plan.all_phases(), backbone.group_names, protocol["epochs"], strategy.name)
             group_of, surgery = apply_surgery(backbone, plan)
             image_size = protocol["image_size"] or trial.data_options.get("image_size")
-            channels_last = (protocol["channels_last"] if protocol["channels_last"] != "auto"
-                             else self.device.type == "cuda")
+            channels_last = resolve_channels_last(self.device, protocol["channels_last"])
             prep = DevicePreprocessor(backbone.preprocessing.resized(image_size), trial.data_options["augment"],
-                                      channels_last=bool(channels_last))
+                                      channels_last=channels_last)
             model = backbone.model.to(self.device)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -213,7 +213,8 @@ class TrialRunner:
                     progress=progress_bar.update if progress_bar is not None else (lambda n: None),
                     prefix=serve(self._prefix_cache, [backbone.name, backbone.weights, backbone.pretrained
                                                       or trial.seed, self.data_key(trial), prep.describe(),
-                                                      protocol["amp"], trial.key if surgery is not None else None],
+                                                      protocol["amp"], prep.channels_last,
+                                                      trial.key if surgery is not None else None],
                                  splits, prep.eval, protocol, self.device,
                                  autocast_context(self.device, protocol["amp"])),
                     on_epoch=getattr(progress_bar, "epoch", None))
@@ -274,7 +275,7 @@ class TrialRunner:
         they are computed once per (backbone weights, data, preprocessing) and shared by the run's trials (a model
         changed by surgery only within its own trial). Only the splits ``needed`` are computed, each once."""
         key = json.dumps([backbone.name, backbone.weights, backbone.pretrained or trial.seed,
-                          self.data_key(trial), prep.describe(), protocol["amp"],
+                          self.data_key(trial), prep.describe(), protocol["amp"], prep.channels_last,
                           trial.key if changed_by_surgery else None], sort_keys=True, default=str)
         cached = self._features_cache.setdefault(key, CachedFeatures({}, None, 0.0))
         missing = [split for split in ("train", "val", "test") if split in needed and split not in cached.splits]

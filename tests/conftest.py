@@ -1,4 +1,5 @@
 import pytest
+import tlbench
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +68,7 @@ def record_dict(key="0123456789abcdef0123", status="ok", strategy="full", seed=0
     return {"schema": 2, "key": key, "status": status, "command": "tlbench run", "created": "2026-11-28T00:00:00+00:00",
             "trial": {"dataset": "synthetic", "backbone": "b", "strategy": strategy, "seed": seed, "protocol": {},
                       "hparams": {}, "data": {}, "key": key, "group": "g" * 20, "label": strategy, "overrides": {},
-                      "protocol_version": 1},
+                      "protocol_version": tlbench.PROTOCOL_VERSION},
             "metrics": metrics, **({"error": "boom"} if status != "ok" else {}), **sections}
 
 

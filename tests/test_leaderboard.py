@@ -8,6 +8,7 @@ import statistics
 
 import pytest
 
+import tlbench
 from tlbench.leaderboard import render, t95
 from tlbench.records import Record
 from tlbench.types import UsageError
@@ -20,7 +21,7 @@ def record(strategy, seed, acc, status="ok", dataset="d", backbone="b", group=No
         "schema": 2, "key": key, "status": status, "error": "boom" if status != "ok" else None,
         "trial": {"dataset": dataset, "backbone": backbone, "strategy": strategy, "label": strategy, "seed": seed,
                   "group": group or f"g-{strategy}", "key": key, "protocol": {}, "hparams": {},
-                  "data": trial_data or {}},
+                  "data": trial_data or {}, "protocol_version": tlbench.PROTOCOL_VERSION},
         "metrics": {"test_top1": acc, "val_top1": acc, "best_epoch": 1, "epochs": 1, "train_images_per_s": 100.0,
                     "eval_images_per_s": 400.0, "peak_memory_mib": 12.0, "time_s": {"total": 3.0},
                     **({"feature_cache": feature_cache} if feature_cache is not None else {})}

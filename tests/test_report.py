@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tlbench
 from click.testing import CliRunner
 
 from tlbench.cli import cli
@@ -228,17 +229,26 @@ def test_split_seed_trial_draws_each_seeds_split_and_is_recorded(tmp_path, tiny_
     assert not (tmp_path / "bad").exists()
 
 
-def test_default_trial_keys_are_unchanged_by_the_split_seed_setting():
-    """Records are resumed by key: the frozen seed-0 trial on the default data must keep the key it had in records
-    written before data.split_seed=trial existed (schema 1, protocol 1)."""
+def test_default_trial_keys_are_unchanged_by_the_split_seed_setting(monkeypatch):
+    """Records are resumed by key: under protocol 1, the frozen seed-0 trial on the default data must keep the key
+    it had in records written before data.split_seed=trial existed (schema 1, protocol 1). The protocol version is
+    part of the key: since protocol 2 (channels_last on the CPU), the same settings have another key, so a
+    protocol-1 record is never resumed as a protocol-2 trial."""
+    import tlbench.plan
     from tlbench.plan import build_trials
     from tlbench.plugins.fashion_mnist import FashionMnist
     from tlbench.registry import Plugins
 
     frozen = Plugins(load_third_party=False).strategies.get("frozen")
-    trial = build_trials(datasets=[("fashion-mnist", FashionMnist())], backbones=["efficientnet_lite0"],
-                         strategies=[("frozen", frozen)], seeds=[0], overrides={})[0]
-    assert trial.key == "061a612796649861a7a2"
+
+    def key() -> str:
+        return build_trials(datasets=[("fashion-mnist", FashionMnist())], backbones=["efficientnet_lite0"],
+                            strategies=[("frozen", frozen)], seeds=[0], overrides={})[0].key
+
+    current = key()
+    monkeypatch.setattr(tlbench.plan, "PROTOCOL_VERSION", 1)
+    assert key() == "061a612796649861a7a2"
+    assert current != "061a612796649861a7a2" and tlbench.PROTOCOL_VERSION == 2
 
 
 # ------------------------------------------------------------------------------------------- a real browser
@@ -304,7 +314,8 @@ def test_pareto_front_keeps_exactly_the_undominated_trials():
 def _record(strategy, backbone, seed, acc, **metrics):
     return {"key": f"{strategy}-{backbone}-{seed}", "status": "ok", "schema": 1,
             "trial": {"dataset": "d", "backbone": backbone, "strategy": strategy, "label": strategy, "seed": seed,
-                      "group": f"{strategy}-{backbone}", "data": {"split_seed": 0}},
+                      "group": f"{strategy}-{backbone}", "data": {"split_seed": 0},
+                      "protocol_version": tlbench.PROTOCOL_VERSION},
             "metrics": {"test_top1": acc, "val_top1": acc, **metrics}}
 
 
