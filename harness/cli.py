@@ -425,12 +425,24 @@ def rerun_arguments(record: Any, results_dir: Path) -> list[str]:
     args = ["run", "-s", trial.strategy, "-b", trial.backbone, "-d", trial.dataset, "--seed",
             str(trial.seed), "--results-dir", str(results_dir), "--force"]
     for key, value in sorted(trial.protocol.items()):
+        value = _as_it_ran(record, key, value)
         args += ["--set", f"{trial.strategy}.{key}={_as_setting(value)}"]
     for key, value in sorted(trial.hparams.items()):
         args += ["--set", f"{trial.strategy}.{key}={_as_setting(value)}"]
     for key, value in sorted(trial.data.items()):
         args += ["--set", f"data.{key}={_as_setting(value)}"]
     return args
+
+
+def _as_it_ran(record: Any, key: str, value: Any) -> Any:
+    """A setting whose "auto" meant something else under the record's protocol is replaced by the value that ran:
+    protocol 1's channels_last=auto was off on the CPU (the record's runtime section says what ran)."""
+    if key == "channels_last" and value == "auto" and record.trial.protocol_version < 2:
+        ran = record.runtime.get("channels_last")
+        if isinstance(ran, bool):
+            return ran
+        return str(record.runtime.get("device", "cpu")).startswith("cuda")  # protocol 1: on for CUDA only
+    return value
 
 
 def _as_setting(value: Any) -> str:

@@ -82,3 +82,33 @@ def test_older_protocol_rows_are_labelled_and_paired_only_with_their_own_protoco
     diffs = {row["strategy"]: row["Δ test vs full (pts, 95% bootstrap)"] for row in table.rows}
     assert diffs["full"] == diffs["full (protocol 1)"] == "reference"
     assert diffs["bitfit"].startswith("+5.0") and diffs["bitfit (protocol 1)"].startswith("-10.0"), diffs
+
+
+@pytest.mark.parametrize("runtime, expected", [
+    ({"device": "cpu", "channels_last": False}, "full.channels_last=false"),
+    ({"device": "cuda:0", "channels_last": True}, "full.channels_last=true"),
+    ({"device": "cuda"}, "full.channels_last=true"),  # no resolved value recorded: protocol 1's rule for the device
+    ({"device": "cpu"}, "full.channels_last=false"),
+    ({}, "full.channels_last=false"),
+])
+def test_rerun_of_a_protocol_1_record_passes_what_ran_not_todays_auto(tmp_path, make_record, runtime, expected):
+    """`tlbench rerun` reproduces a record: under protocol 2, channels_last=auto would turn the CPU's contiguous run
+    of a protocol-1 record into a channels_last one, so the value that ran is passed instead."""
+    import shlex
+
+    old = make_record(key="a" * 20)
+    old["trial"].update(protocol={"channels_last": "auto", "epochs": 2}, protocol_version=1)
+    old["runtime"] = runtime
+    new = make_record(key="b" * 20)
+    new["trial"].update(protocol={"channels_last": "auto", "epochs": 2}, protocol_version=2)
+    new["runtime"] = {"device": "cpu", "channels_last": True}
+    for record in (old, new):
+        (tmp_path / f"{record['key']}.json").write_text(json.dumps(record))
+
+    def printed(key: str) -> list[str]:
+        result = CliRunner().invoke(cli, ["rerun", key, "--results-dir", str(tmp_path), "--print-only"])
+        assert result.exit_code == 0, result.output
+        return shlex.split(result.stdout.strip())
+
+    assert expected in printed("a" * 20) and "full.epochs=2" in printed("a" * 20)
+    assert "full.channels_last=auto" in printed("b" * 20)  # today's protocol: auto means what it says today
