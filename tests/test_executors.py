@@ -275,7 +275,10 @@ def test_ctrl_c_under_ray_cancels_and_keeps_every_finished_record(tmp_path, tiny
     args = [sys.executable, "-m", "tlbench.cli", "run", "-q", "-s", "frozen", "-s", "full", "-b", tiny_backbone,
             "-d", "synthetic", "--seeds", "2", "--executor", "ray", "--workers", "2", "--results-dir",
             str(results), "--set", "epochs=40", "--set", "data.train_size=64", "--set", "frozen.epochs=1"]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    # SIGINT as in a terminal: a test run from a background job (`cmd &` in a script) inherits SIGINT ignored,
+    # and Python keeps an ignored SIGINT ignored, so Ctrl-C would never reach the child
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not list(results.glob("*.json")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"

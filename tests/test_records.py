@@ -177,7 +177,10 @@ def test_signals_stop_cleanly_keep_records_and_say_how_to_resume(tmp_path, tiny_
     args = [sys.executable, "-m", "tlbench.cli", "run", "-q", "-s", "frozen", "-s", "full", "-b", tiny_backbone,
             "-d", "synthetic", "--seeds", "2", "--set", "epochs=30", "--set", "data.train_size=64",
             "--results-dir", str(results)]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    # SIGINT as in a terminal: a test run from a background job (`cmd &` in a script) inherits SIGINT ignored,
+    # and Python keeps an ignored SIGINT ignored, so Ctrl-C would never reach the child
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while len(list(results.glob("*.json"))) < 1:  # the frozen trials finish quickly; full takes a while
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
