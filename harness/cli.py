@@ -441,7 +441,13 @@ def _as_it_ran(record: Any, key: str, value: Any) -> Any:
         ran = record.runtime.get("channels_last")
         if isinstance(ran, bool):
             return ran
-        return str(record.runtime.get("device", "cpu")).startswith("cuda")  # protocol 1: on for CUDA only
+        import torch
+
+        from tlbench.trainer import resolve_channels_last
+
+        device = str(record.runtime.get("device", "cpu")).split(":")[0]
+        return resolve_channels_last(torch.device(device if device in ("cpu", "cuda") else "cpu"), value,
+                                     record.trial.protocol_version)
     return value
 
 

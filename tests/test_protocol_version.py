@@ -18,6 +18,8 @@ from tlbench.trainer import resolve_channels_last
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_channels_last_auto_is_on_for_the_cpu_and_cuda_and_explicit_values_win(device):
     assert resolve_channels_last(torch.device(device), "auto") is True
+    assert resolve_channels_last(torch.device(device), "auto", protocol_version=2) is True
+    assert resolve_channels_last(torch.device(device), "auto", protocol_version=1) is (device == "cuda")
     assert resolve_channels_last(torch.device(device), False) is False
     assert resolve_channels_last(torch.device(device), True) is True
 
