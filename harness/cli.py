@@ -445,9 +445,8 @@ def _as_it_ran(record: Any, key: str, value: Any) -> Any:
 
         from tlbench.trainer import resolve_channels_last
 
-        device = str(record.runtime.get("device", "cpu")).split(":")[0]
-        return resolve_channels_last(torch.device(device if device in ("cpu", "cuda") else "cpu"), value,
-                                     record.trial.protocol_version)
+        on_cuda = str(record.runtime.get("device", "cpu")).startswith("cuda")
+        return resolve_channels_last(torch.device("cuda" if on_cuda else "cpu"), value, record.trial.protocol_version)
     return value
 
 
