@@ -7,7 +7,7 @@ from tlbench.publishing import LeaderboardFormat, LeaderboardTable, ReportContex
 from tlbench.types import (LINEAR_DEFAULT_INIT, Backbone, BackboneFamily, DatasetFamily, Executor, ImageSplits,
                            ParamRef, Phase, Preprocessing, Strategy, TrainingContext, TrainPlan, UsageError)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 # Bump when a change alters what a trial measures: it is part of every trial key, so old records are not reused.
 #   1: tlbench 0.1 and issues up to 10.
 #   2: channels_last=auto means on for the CPU too (it was on for CUDA only): 1.4x faster per step on the 2-core
