@@ -34,7 +34,10 @@ class TrialJob:
 
     ``trial`` is the trial's identity as recorded (``Trial.to_record()``); ``device`` is ``None`` for "CUDA if the
     worker has it, else CPU"; ``versions`` are the driver's tlbench and plugin versions; ``cache_dir`` is the
-    dataset cache the driver uses (``None``: the worker's default); ``progress`` is "bar", "lines" or "off".
+    dataset cache the driver uses (``None``: the worker's default); ``progress`` is "bar", "lines" or "off";
+    ``weights_dir``, when set (``tlbench run --save-models best|all``), is where the worker writes the trained
+    weights as ``<key>.safetensors``: the results directory, which must be reachable from the worker (the same
+    machine, or a shared filesystem as for Slurm); the driver writes the record after the file exists.
     """
 
     trial: Mapping[str, Any]
@@ -45,6 +48,7 @@ class TrialJob:
     cache_dir: str | None = None
     progress: str = "off"
     executor: Mapping[str, Any] = field(default_factory=dict)
+    weights_dir: str | None = None
 
     @property
     def key(self) -> str:
@@ -143,6 +147,7 @@ class Worker:
 
         with self.lock:  # one trial at a time per worker: timings and memory are per trial
             self.runner.progress = progress if progress is not None else make_progress(job.progress)
+            self.runner.weights_dir = job.weights_dir
             record = self.runner.run(trial, command=job.command)
         data = record.to_json_dict()
         data["executor"] = {**dict(job.executor), "host": socket.gethostname(), "pid": os.getpid(),

@@ -166,14 +166,16 @@ class Metrics:
         return out
 
 
-_SECTIONS = ("environment", "data", "backbone", "runtime", "plan", "executor")
+_SECTIONS = ("environment", "data", "backbone", "runtime", "plan", "executor", "saved_model")
+_WRITTEN_WHEN_EMPTY = ("environment", "data", "backbone", "runtime", "plan")  # the others only when present
 
 
 @dataclass(frozen=True)
 class Record:
     """One trial's result. ``status`` is "ok", "failed" or "diverged"; ``error`` says why when it is not ok.
     The free-form sections (``data``, ``backbone``, ``runtime``, ``plan``, ``environment``, ``executor``) describe
-    what ran in the words of the plugins that ran it; ``metrics`` and ``trial`` are typed."""
+    what ran in the words of the plugins that ran it; ``metrics`` and ``trial`` are typed. ``saved_model`` (only
+    with ``tlbench run --save-models``) names the file of the weights the test split scored and its sha256."""
 
     key: str
     status: str
@@ -189,6 +191,7 @@ class Record:
     runtime: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
     executor: dict[str, Any] = field(default_factory=dict)
+    saved_model: dict[str, Any] = field(default_factory=dict)  # the trial's trained weights file (--save-models)
     schema: int = SCHEMA_VERSION
 
     @property
@@ -235,7 +238,7 @@ class Record:
                 out[name] = getattr(self, name)
         for name in _SECTIONS:
             value = getattr(self, name)
-            if value or name != "executor":
+            if value or name in _WRITTEN_WHEN_EMPTY:
                 out[name] = value
         return out
 
@@ -263,6 +266,33 @@ class Record:
                 return None
             current = current.get(part)
         return current
+
+
+def task_of(record: Record) -> tuple[str, str, str]:
+    """What "best per dataset x backbone" compares within: the dataset, its data options and the backbone."""
+    trial = record.trial
+    return trial.dataset, trial.backbone, json.dumps(trial.data, sort_keys=True, default=str)
+
+
+def best_on_validation(records: Any) -> dict[tuple[str, str, str], Record]:
+    """Per dataset x backbone (x data options), the trial of the configuration best on *validation*: the
+    configuration (a trial group: all seeds of one strategy and its settings) with the highest mean validation top-1
+    over its ok records, and within it the seed with the highest validation top-1. Ties: more seeds, then the
+    smaller group key / lower seed, so every reader of one results directory picks the same trial. The test split
+    never takes part."""
+    configurations: dict[tuple[str, str, str], dict[str, list[Record]]] = {}
+    for record in records:
+        if record.ok and record.metrics.val_top1 is not None:
+            configurations.setdefault(task_of(record), {}).setdefault(record.trial.group, []).append(record)
+    best: dict[tuple[str, str, str], Record] = {}
+    for task, groups in configurations.items():
+        def rank(item: tuple[str, list[Record]]) -> tuple[float, int, str]:
+            group, members = item
+            return (-sum(r.metrics.val_top1 for r in members) / len(members), -len(members), group)
+
+        _, members = min(groups.items(), key=rank)
+        best[task] = min(members, key=lambda r: (-r.metrics.val_top1, r.trial.seed, r.key))
+    return best
 
 
 def _refuse_constant(name: str) -> Any:

@@ -68,6 +68,7 @@ class TrialRunner:
         self._features_cache: dict[str, CachedFeatures] = {}
         self._prefix_cache = PrefixCache()  # frozen-prefix activations, shared like the features
         self._environment = environment(device)
+        self.weights_dir: str | None = None  # set per job: where the trained weights go (None: not kept)
 
     # ------------------------------------------------------------------------------------------ shared inputs
     def data_key(self, trial: Trial) -> str:
@@ -219,13 +220,14 @@ class TrialRunner:
                                  autocast_context(self.device, protocol["amp"])),
                     on_epoch=getattr(progress_bar, "epoch", None))
 
+        saved_model = self._save_weights(trial, model) if self.weights_dir else None
         fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))
         train_flops = sum(p.flops_per_image * p.fit.steps * protocol["batch_size"] for p in outcome.phases)
         if outcome.feature_seconds:  # this trial ran the backbone over every split once
             train_flops += fwd_flops * sum(splits.sizes.values())
         train_flops += outcome.prefix_flops  # this trial's share of the frozen-prefix passes
         last = outcome.phases[-1]
-        return {
+        return ({"saved_model": saved_model} if saved_model else {}) | {
             "data": {"sizes": splits.sizes, "classes": splits.classes, "num_classes": num_classes,
                      "source": splits.source, "cache": data.cache, "augment": prep.augment},
             "backbone": {"name": backbone.name, "pretrained": backbone.pretrained, "weights": backbone.weights,
@@ -268,6 +270,20 @@ class TrialRunner:
                 "history": outcome.history,
             },
         }
+
+    def _save_weights(self, trial: Trial, model: torch.nn.Module) -> dict[str, Any]:
+        """The weights the test split just scored (best validation epoch restored, after the after-training step,
+        modules added by surgery included) as ``<weights_dir>/<key>.safetensors``. A file that cannot be written
+        leaves the trial ok: the record says why there is none (export then re-runs the trial)."""
+        from tlbench.store import write_weights
+
+        path = os.path.join(self.weights_dir, f"{trial.key}.safetensors")
+        try:
+            saved = write_weights(path, model.state_dict(), {"tlbench_trial_key": trial.key})
+        except OSError as exc:
+            return {"error": f"could not write {path}: {exc.strerror or exc}"}
+        return saved | {"what": "the weights the test split scored: best validation epoch restored, after the "
+                                "after-training step, modules added by surgery included"}
 
     def _features(self, trial: Trial, protocol: dict[str, Any], backbone: Any, prep: DevicePreprocessor,
                   splits: ImageSplits, changed_by_surgery: bool, needed: tuple[str, ...]) -> CachedFeatures:

@@ -3,7 +3,12 @@
 A record appears whole or not at all (temp file, fsync, rename), so a ``kill -9`` at any moment leaves either the
 old state or the finished record. Two processes on one directory claim a trial with an exclusive lock on
 ``<key>.lock``; the kernel releases it when the process dies, so no claim is ever left stale. Records from two
-machines merge by copying the files into one directory. Only the driver of a grid claims and writes.
+machines merge by copying the files into one directory. Only the driver of a grid claims and writes records.
+
+With ``tlbench run --save-models``, a trial's trained weights lie beside its record as ``<key>.safetensors``,
+written atomically by the worker that trained it (before the driver writes the record, so a record that names a
+file never points at a half-written one); ``--save-models best`` prunes them to one trial per dataset x backbone,
+chosen on validation (:meth:`ResultStore.prune_weights`).
 """
 from __future__ import annotations
 
@@ -14,12 +19,14 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from tlbench.records import KEY_PATTERN, SCHEMA_VERSION, Record, RecordError
+from tlbench.records import KEY_PATTERN, SCHEMA_VERSION, Record, RecordError, best_on_validation
 from tlbench.types import UsageError
 
-__all__ = ["SCHEMA_VERSION", "ResultStore", "atomic_write_text", "default_results_dir"]
+__all__ = ["SCHEMA_VERSION", "ResultStore", "atomic_write_bytes", "atomic_write_text", "default_results_dir"]
+WEIGHTS_SUFFIX = ".safetensors"
+SAVE_MODELS = ("none", "best", "all")
 RESULTS_ENV = "TLBENCH_RESULTS_DIR"
 DEFAULT_RESULTS_DIR = "tlbench-results"
 
@@ -31,10 +38,16 @@ def default_results_dir() -> Path:
 def atomic_write_text(path: Path, text: str, readable_by_all: bool = False) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part.
     ``readable_by_all``: the permissions a plain ``open()`` would give (mkstemp's are 0600), e.g. for a report."""
+    atomic_write_bytes(path, text.encode("utf-8"), readable_by_all)
+
+
+def atomic_write_bytes(path: Path, data: bytes, readable_by_all: bool = False) -> None:
+    """:func:`atomic_write_text` for bytes (a weights file): temp file, fsync, rename, fsync of the directory."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         if readable_by_all:
@@ -53,6 +66,31 @@ def atomic_write_text(path: Path, text: str, readable_by_all: bool = False) -> N
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def write_weights(path: Path, state_dict: Any, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """A state dict as a safetensors file, written atomically; returns its size and sha256 (for the record).
+    Tensors are copied to the CPU, contiguous, and unshared (safetensors refuses shared storage)."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state_dict.items()}
+    data = save(tensors, metadata=metadata)
+    atomic_write_bytes(Path(path), data)
+    return {"file": Path(path).name, "format": "safetensors", "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "tensors": len(tensors)}
+
+
+def save_models_choice(overrides: dict[str, Any]) -> str:
+    """Take the ``save_models`` setting (``tlbench run --save-models``) out of a grid's ``--set`` overrides: it says
+    which trained weights the results directory keeps, not what a trial is, so it is no part of any trial key.
+    "none" (the library's default), "best" (per dataset x backbone, the trial best on validation) or "all"."""
+    value = overrides.pop("save_models", "none")
+    if value not in SAVE_MODELS:
+        raise UsageError(f"save_models must be one of {', '.join(SAVE_MODELS)}, got {value!r}; "
+                         f"use --save-models {'|'.join(SAVE_MODELS)}")
+    return value
 
 
 class ResultStore:
@@ -110,6 +148,54 @@ class ResultStore:
         atomic_write_text(path, text)
         return path
 
+    def weights_path(self, key: str) -> Path:
+        return self.root / f"{key}{WEIGHTS_SUFFIX}"
+
+    def prune_weights(self) -> tuple[list[Record], list[Path]]:
+        """``--save-models best``: keep the weights file of each dataset x backbone's trial best on validation
+        (:func:`tlbench.records.best_on_validation` over every record here) and remove the others. A file without
+        a record is removed only when no live process holds its trial (it is then a leftover of a killed run; a
+        trial still running keeps it). Returns the best records (with or without a file) and the removed files."""
+        records = list(self.records())
+        best = best_on_validation(records)
+        keep = {record.key for record in best.values()}
+        recorded = {record.key for record in records}
+        removed: list[Path] = []
+        for path in sorted(self.root.glob(f"*{WEIGHTS_SUFFIX}")):
+            key = path.name[:-len(WEIGHTS_SUFFIX)]
+            if not KEY_PATTERN.match(key) or key in keep or not path.is_file():
+                continue
+            if key in recorded:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+            elif key not in self._claims and self.claim(key):
+                try:
+                    if self.read(key) is None:
+                        path.unlink(missing_ok=True)
+                        removed.append(path)
+                finally:
+                    self.release(key)
+        return list(best.values()), removed
+
+    def prune_weights_report(self) -> list[str]:
+        """:meth:`prune_weights`, said in lines for the grid's reporter."""
+        best, removed = self.prune_weights()
+        lines = []
+        for record in sorted(best, key=lambda r: (r.trial.dataset, r.trial.backbone, r.key)):
+            where = f"{record.trial.dataset} / {record.trial.backbone}"
+            path = self.weights_path(record.key)
+            val = f"val {100 * record.metrics.val_top1:.1f}%"
+            if path.is_file():
+                lines.append(f"kept the weights of {where}'s best trial on validation ({record.trial.label} seed "
+                             f"{record.trial.seed}, {val}): {path} ({path.stat().st_size / 1e6:.1f} MB); "
+                             f"export it with `tlbench export {record.key}`")
+            else:
+                lines.append(f"{where}'s best trial on validation ({record.key}, {record.trial.label}, {val}) has no "
+                             f"saved weights (it ran without --save-models); `tlbench export {record.key}` re-runs it")
+        if removed:
+            lines.append(f"removed the weights of {len(removed)} other trial(s) (--save-models best)")
+        return lines
+
     def read(self, key: str) -> Record | None:
         path = self.path(key)
         if not path.is_file():
@@ -166,8 +252,10 @@ class ResultStore:
         removed: list[Path] = []
         if not self.root.is_dir():
             return removed
-        for tmp in self.root.glob(".*.json.*.tmp"):
-            key = tmp.name[1:].split(".json.", 1)[0]
+        leftovers = [(tmp, tmp.name[1:].split(".json.", 1)[0]) for tmp in self.root.glob(".*.json.*.tmp")]
+        leftovers += [(tmp, tmp.name[1:].split(f"{WEIGHTS_SUFFIX}.", 1)[0])
+                      for tmp in self.root.glob(f".*{WEIGHTS_SUFFIX}.*.tmp")]
+        for tmp, key in leftovers:
             if KEY_PATTERN.match(key) and key not in self._claims and self.claim(key):
                 try:
                     tmp.unlink(missing_ok=True)
