@@ -186,17 +186,15 @@ def test_list_shows_descriptions_and_defaults():
 
 
 def documented_options():
-    """command -> the options README.md's "Command line" section shows for it."""
+    """command -> the options the "Common commands" table of docs/cli.md shows for it."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = page.split("## Common commands", 1)[1].split("\n## ", 1)[0]
     documented: dict[str, set[str]] = {}
     for command, usage in re.findall(r"^\| `tlbench (\w+)([^`]*)`", section, flags=re.MULTILINE):
         documented.setdefault(command, set()).update(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", usage))
-    run_options = section.split("`run` options:", 1)[1].split("Settings (", 1)[0]
-    documented["run"].update(re.findall(r"`(--?[a-z][a-z-]*)", run_options) + ["--set"])
     return documented
 
 

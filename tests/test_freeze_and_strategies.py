@@ -153,7 +153,7 @@ class KeepsWhatItBuilds:
                                                   ("full", "kept"), ("discriminative-lr", "kept")])
 def test_batchnorm_defaults_pin_pretrained_statistics_and_train_scratch_ones(strategy, statistics, tiny_weights,
                                                                              tmp_path, monkeypatch):
-    """README, "Defaults and why": the pretrained strategies keep every BatchNorm layer's pretrained running
+    """docs/protocol.md, "Defaults and why": the pretrained strategies keep every BatchNorm layer's pretrained running
     statistics through training (the layers are pinned in eval mode), scratch trains them. Checked on what a real
     `tlbench run` with each strategy's defaults leaves in the model's BatchNorm layers."""
     from click.testing import CliRunner

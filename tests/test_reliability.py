@@ -479,7 +479,7 @@ def test_bad_input_is_one_clear_line_exit_2_and_writes_nothing(case, tmp_path, t
         assert text in line, (text, line)
     assert not results.exists(), "bad input must not create the results directory"
     assert not Path(options["--results-dir"]).exists()
-    # README: the pre-run check decodes the data before it can check a plan against the backbone, so only what it
+    # docs/cli.md, exit code 2: the pre-run check decodes the data before it can check a plan against the backbone, so only what it
     # finds leaves the decoded-data cache behind; everything else is refused before anything at all is written
     cache = Path(os.environ["TLBENCH_CACHE_DIR"])
     assert cache.exists() == (case in FOUND_AFTER_DECODING), sorted(cache.rglob("*")) if cache.exists() else case
