@@ -19,6 +19,7 @@ re-running the trial, which is refused when the re-run's validation top-1 differ
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import hashlib
@@ -29,7 +30,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -235,8 +236,7 @@ def merge_adapters(model: nn.Module) -> list[str]:
         if name and isinstance(module, BaseTunerLayer):
             module.merge()
             parent_name, _, child = name.rpartition(".")
-            model.get_submodule(parent_name).__setattr__(child, module.get_base_layer()) if parent_name else \
-                setattr(model, child, module.get_base_layer())
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
             merged.append(name)
     return merged
 
@@ -290,11 +290,12 @@ def onnx_forward(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: torch.from_numpy(session.run(None, {name: x.float().contiguous().numpy()})[0])
 
 
-def _quiet() -> Any:
-    context = warnings.catch_warnings()
-    context.__enter__()
-    warnings.simplefilter("ignore")
-    return context
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.jit and the TorchScript-based ONNX exporter warn that they are deprecated, on every call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 # -------------------------------------------------------------------------------------------- the export
@@ -420,6 +421,11 @@ def export(trained: Trained, out: Path, formats: Sequence[str], plugins: Any, *,
                     "max_abs_logit_difference_vs_pytorch": float((forward(example) - eager_logits).abs().max())}
                 say(f"{fmt}: {FILES[fmt]}, test top-1 {100 * top1:.2f}% (record "
                     f"{100 * record.metrics.test_top1:.2f}%)")
+                allowed = 1 if fmt == "onnx" else 0  # ONNX Runtime's kernels round differently
+                if checks[fmt]["images_differing_from_record"] > allowed:
+                    notes.append(f"{fmt}: the exported file scores {checks[fmt]['images_differing_from_record']} "
+                                 f"test image(s) away from the record (recorded on {record.environment.get('device')}"
+                                 f" with amp={record.runtime.get('amp')}; checked here in float32 on the CPU)")
         _write_config(tmp / "config.json", timm_model, trained, _config(trained, files, checks, notes))
         (tmp / "README.md").write_text(model_card(trained, out, formats, checks, notes), encoding="utf-8")
         for path in tmp.iterdir():
@@ -442,8 +448,7 @@ def _write_format(fmt: str, path: Path, model: nn.Module, plain: nn.Module | Non
 
         write_weights(path, plain.state_dict(), {"format": "pt"})  # type: ignore[union-attr]
         return
-    context = _quiet()
-    try:
+    with _quiet():
         if fmt == "torchscript":
             torch.jit.trace(model, example, check_trace=False).save(str(path))
             return
@@ -453,8 +458,6 @@ def _write_format(fmt: str, path: Path, model: nn.Module, plain: nn.Module | Non
         import onnx
 
         onnx.checker.check_model(str(path))
-    finally:
-        context.__exit__(None, None, None)
 
 
 def _config(trained: Trained, files: dict[str, Any], checks: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -520,8 +523,8 @@ def model_card(trained: Trained, out: Path, formats: Sequence[str], checks: dict
     protocol = ", ".join(f"{k}={v}" for k, v in sorted(trial.protocol.items()))
     hparams = ", ".join(f"{k}={v}" for k, v in sorted(trial.hparams.items())) or "-"
     rows = [f"| {fmt} | `{FILES[fmt]}` | {_pct(checks[fmt]['test_top1'])} | "
-            f"{checks[fmt]['images_differing_from_record']} | {checks[fmt]['max_abs_logit_difference_vs_pytorch']:.2e} |"
-            for fmt in formats]
+            f"{checks[fmt]['images_differing_from_record']} | {checks[fmt]['predictions_differing_from_trained_model']}"
+            f" | {checks[fmt]['max_abs_logit_difference_vs_pytorch']:.2e} |" for fmt in formats]
     lines = [
         f"# {trial.label} on {trial.dataset} ({trial.backbone})", "",
         f"Exported by tlbench from trial `{record.key}`: strategy **{trial.strategy}** ({hparams}), seed {trial.seed},",
@@ -540,8 +543,9 @@ def model_card(trained: Trained, out: Path, formats: Sequence[str], checks: dict
         *[f"- note: {note}" for note in notes], "",
         "## Checked at export", "",
         f"Every file was scored on the trial's test split with the harness's preprocessing:", "",
-        "| format | file | test top-1 | images differing from the record | max logit difference vs PyTorch |",
-        "|---|---|---|---|---|", *rows, "",
+        "| format | file | test top-1 | test top-1 difference from the record, in images | test predictions differing from "
+        "the trained model's | max logit difference vs the exported PyTorch module |",
+        "|---|---|---|---|---|---|", *rows, "",
         "## Preprocessing (exactly what the harness evaluated with)", "",
         *[f"{i}. {step}" for i, step in enumerate(p["steps"], 1)], "",
         f"In torch: `{p['torchvision']}`.", "",
@@ -600,8 +604,7 @@ class Exported:
                              f"choose one of those with --use")
         channels_last = bool(self.section["preprocessing"].get("channels_last"))
         path = self.folder / self.section["files"][chosen]["file"]
-        context = _quiet()
-        try:
+        with _quiet():
             if chosen == "timm":
                 import timm
 
@@ -613,8 +616,6 @@ class Exported:
                 return chosen, torch.jit.load(str(path)).eval()
             require_onnx()
             return chosen, onnx_forward(path)
-        finally:
-            context.__exit__(None, None, None)
 
 
 def load_export(folder: Path | str) -> Exported:
