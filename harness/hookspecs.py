@@ -6,6 +6,10 @@ plugins are found through the ``tlbench`` entry-point group. Every hook is calle
 ``firstresult``); the return values are ignored: plugins hand their objects to ``register``, which validates the
 type and the uniqueness of the name. ``record_finished`` is the one hook that receives data instead of a
 ``register`` callback.
+
+Any registered object may declare ``requires = {"<module>": <install hint>}`` (a :class:`tlbench.Extra` or a
+string) for optional packages it imports: where one is missing the object is listed as unavailable, ``run --all``
+leaves such a strategy out with the hint, and naming it stops with the hint (:mod:`tlbench.requirements`).
 """
 from __future__ import annotations
 

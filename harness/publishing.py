@@ -56,9 +56,12 @@ class ReportContext:
 @dataclass(frozen=True)
 class ReportSection:
     """``render(context) -> str``: an HTML fragment for one dataset ("" leaves the section out). Sections appear in
-    ascending ``order`` (built-ins use 10, 20, ... 100), each under its ``title``."""
+    ascending ``order`` (built-ins use 10, 20, ... 100), each under its ``title``. ``requires`` maps optional
+    modules the section imports to an install hint (see :mod:`tlbench.requirements`): while one is missing the
+    report shows a note in the section's place, and says so once."""
 
     name: str
     title: str
     order: int
     render: Callable[[ReportContext], str]
+    requires: Mapping[str, Any] = field(default_factory=dict)

@@ -14,6 +14,7 @@ import pluggy
 
 from tlbench import hookspecs
 from tlbench.publishing import LeaderboardFormat, ReportSection
+from tlbench.requirements import missing_requirements
 from tlbench.tuning import check_search_space
 from tlbench.types import BackboneFamily, DatasetFamily, Executor, Strategy, UsageError
 
@@ -109,12 +110,23 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return [(name, self._entries[name][0]) for name in self.names()]
 
+    def unavailable(self) -> dict[str, str]:
+        """Name -> the install hint of the first optional package it lacks, for the objects that cannot run here."""
+        missing = {name: missing_requirements(item) for name, item in self.items()}
+        return {name: hints[0] for name, hints in missing.items() if hints}
+
     def owner(self, name: str) -> str:
         return self._entries[name][1]
 
     def get(self, name: str, hint: str = "") -> T:
+        """The object registered as ``name``; a UsageError (one line with the fix) when the name is unknown, taken
+        twice, or its object needs an optional package that is not installed."""
         if name in self._entries:
-            return self._entries[name][0]
+            item = self._entries[name][0]
+            missing = missing_requirements(item)
+            if missing:
+                raise UsageError(f"{self.kind} {name!r} needs an optional package: {missing[0]}")
+            return item
         if name in self._conflicts:
             raise UsageError(self._conflicts[name])
         raise UsageError(self.unknown_message(name, hint))
@@ -150,7 +162,7 @@ def _protocol_check(kind: str, protocol: type, members: tuple[str, ...],
 
 
 # What the harness reads from every dataset's options; a family must give each a default (tlbench.splits has the
-# checks and the README, "Writing a dataset plugin", the meaning).
+# checks and docs/guides/dataset.md the meaning).
 REQUIRED_DATASET_DEFAULTS = ("train_size", "val_size", "test_size", "split_seed", "storage_size", "augment",
                              "image_size")
 
@@ -164,7 +176,7 @@ def _check_dataset_defaults(family: Any) -> None:
     if missing:
         raise UsageError(f"dataset {getattr(family, 'name', family)!r} lacks required default(s) "
                          f"{', '.join(missing)}; every dataset family's `defaults` must hold "
-                         f"{', '.join(REQUIRED_DATASET_DEFAULTS)} (see README, Writing a dataset plugin)")
+                         f"{', '.join(REQUIRED_DATASET_DEFAULTS)} (see docs/guides/dataset.md)")
 
 
 class Plugins:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from tlbench.leaderboard import build_table, group_records, variance_note
 from tlbench.publishing import ReportContext, ReportSection
 from tlbench.record_fields import as_dict, get
+from tlbench.requirements import Extra, missing_requirements, module_available
 from tlbench.store import atomic_write_text
 from tlbench.types import UsageError
 
@@ -57,12 +58,12 @@ def embed_figure(fig: Any, alt: str, name: str = "") -> str:
             f'src="data:image/svg+xml;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("the report's plots need matplotlib, which is not installed; "
-                         "install it with `pip install 'tlbench[report]'`") from None
+PLOTS = Extra("report", "the report's plots are drawn with matplotlib")
+
+
+def _configure_matplotlib() -> None:
+    import matplotlib
+
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "tlbench"  # the same records give the same file
     matplotlib.rcParams["svg.fonttype"] = "path"  # text as outlines: the file needs no font
@@ -120,10 +121,13 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
 
 def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dataset: str | None = None,
                   reference: str = "full", progress: Callable[[str, int], Any] | None = None,
-                  source: str = "", sweeps: Sequence[Any] = ()) -> str:
+                  source: str = "", sweeps: Sequence[Any] = (), warn: Callable[[str], None] | None = None) -> str:
     """The report's HTML text. ``progress(label, total)`` is a context manager yielding a bar with ``update(n)``
-    (or None), advanced once per section per dataset."""
-    _require_matplotlib()
+    (or None), advanced once per section per dataset. A section whose optional packages are missing (its
+    ``requires``, or an ImportError while it renders) is left out with a note saying what to install, and
+    ``warn`` is told once."""
+    if module_available("matplotlib"):
+        _configure_matplotlib()
     records = [as_dict(r) for r in records]
     if not records:
         raise UsageError(f"no records{f' in {source!r}' if source else ''}; run `tlbench run` first or pass "
@@ -131,18 +135,23 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
     contexts = dataset_contexts(records, reference, dataset, lambda fig, alt: embed_figure(fig, alt), sweeps)
     ordered = sorted(sections, key=lambda s: (s.order, s.name))
     body = []
+    left_out: dict[str, str] = {}  # section name -> what it needs
     with (progress or (lambda label, total: nullcontext(None)))("report", len(contexts) * len(ordered)) as bar:
         for context in contexts:
             anchor = _anchor(context.dataset)
             body.append(f'<h2 id="{anchor}">{html.escape(context.dataset)}</h2>')
             for section in ordered:
-                fragment = section.render(context)
+                fragment = _render_section(section, context, left_out)
                 if fragment:
                     body.append(f'<section class="section" data-section="{html.escape(section.name)}" '
                                 f'id="{anchor}-{_anchor(section.name)}"><h3>{html.escape(section.title)}</h3>'
                                 f'{fragment}</section>')
                 if bar is not None:
                     bar.update(1)
+    if left_out and warn is not None:
+        needs = sorted(set(left_out.values()))
+        warn(f"the report leaves out {len(left_out)} section(s) ({', '.join(sorted(left_out))}): they need "
+             f"{'; '.join(needs)}")
     nav = " ".join(f'<a href="#{_anchor(c.dataset)}">{html.escape(c.dataset)}</a>' for c in contexts)
     from tlbench import __version__
 
@@ -158,12 +167,24 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
             + "".join(body) + "</body></html>\n")
 
 
+def _render_section(section: ReportSection, context: ReportContext, left_out: dict[str, str]) -> str:
+    """One section's fragment, or a note saying which optional package it needs (recorded in ``left_out``)."""
+    missing = missing_requirements(section)
+    if not missing:
+        try:
+            return section.render(context)
+        except ImportError as exc:  # a section without ``requires`` that imports what is not installed
+            missing = [f"the Python package {exc.name or exc}, which is not installed"]
+    left_out[section.name] = missing[0]
+    return f'<p class="note">Left out: this section needs {html.escape(missing[0])}.</p>'
+
+
 def write_report(records: Iterable[Any], out: Path, sections: Sequence[ReportSection], dataset: str | None = None,
                  reference: str = "full", progress: Callable[[str, int], Any] | None = None,
-                 source: str = "", sweeps: Sequence[Any] = ()) -> Path:
+                 source: str = "", sweeps: Sequence[Any] = (), warn: Callable[[str], None] | None = None) -> Path:
     """Renders the report and writes it atomically to ``out``; nothing is written when anything fails."""
     out = _check_out(out)
-    text = render_report(records, sections, dataset, reference, progress, source, sweeps)
+    text = render_report(records, sections, dataset, reference, progress, source, sweeps, warn)
     atomic_write_text(out, text, readable_by_all=True)  # mkstemp's 0600 would hide the report from its readers
     return out
 

@@ -5,13 +5,14 @@ sees another plugin (a strategy plans over group *names*; a backbone never knows
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from torch import nn
+
+from tlbench.requirements import missing_requirements
 
 
 MIN_IMAGE_SIZE = 8  # smallest network input side, for the protocol's image_size and data.image_size alike
@@ -80,7 +81,8 @@ class Backbone:
 @runtime_checkable
 class BackboneFamily(Protocol):
     """Builds backbones by name. ``prefix`` is matched against the text before ``:`` (``timm:resnet50``), or against
-    the whole name when ``takes_argument`` is false (``efficientnet_lite0``)."""
+    the whole name when ``takes_argument`` is false (``efficientnet_lite0``). Optional ``requires``: as on
+    :class:`Strategy`."""
 
     name: str
     description: str
@@ -221,9 +223,10 @@ class Strategy:
 
     ``defaults`` holds the strategy's own hyper-parameters; ``protocol`` may override shared protocol settings
     (epochs, batch_size, weight_decay, ...) for this strategy. Both are overridable from the command line with
-    ``--set <strategy>.<key>=<value>`` and are recorded in every result. ``requires`` names optional packages the
-    strategy imports (``{"peft": "pip install 'tlbench[peft]'"}``): without them it is still listed, and a run
-    that asks for it stops with the install hint. ``search_space`` maps hyper-parameters (or protocol settings
+    ``--set <strategy>.<key>=<value>`` and are recorded in every result. ``requires`` maps optional modules the
+    strategy imports to an install hint (``{"peft": tlbench.Extra("peft")}`` for a tlbench extra, or a string such
+    as ``"pip install my-package"``): without them it is listed as unavailable, ``run --all`` leaves it out with
+    the hint, and a run that names it stops with the hint (see :mod:`tlbench.requirements`). ``search_space`` maps hyper-parameters (or protocol settings
     other than ``epochs``) to the values ``tlbench run --tune`` tries, e.g. ``{"lr": tlbench.log_grid(1e-4)}``;
     left as None, every learning rate (a key ending in ``lr``) gets ``log_grid`` around its default.
     """
@@ -233,7 +236,7 @@ class Strategy:
     pretrained: ClassVar[bool] = True
     defaults: ClassVar[Mapping[str, Any]] = {}
     protocol: ClassVar[Mapping[str, Any]] = {}
-    requires: ClassVar[Mapping[str, str]] = {}
+    requires: ClassVar[Mapping[str, Any]] = {}
     search_space: ClassVar[Mapping[str, Sequence[Any]] | None] = None
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
@@ -241,7 +244,7 @@ class Strategy:
 
     def missing_requirements(self) -> list[str]:
         """Install hints for the optional packages in ``requires`` that cannot be imported."""
-        return [hint for module, hint in self.requires.items() if importlib.util.find_spec(module) is None]
+        return missing_requirements(self)
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         """Raise :class:`UsageError` for settings that cannot work, before anything runs. ``protocol`` is this
@@ -290,7 +293,7 @@ class DatasetFamily(Protocol):
 
     ``defaults`` are the dataset options (split sizes, storage resolution, augmentation, recommended image size)
     overridable with ``--set data.<key>=<value>``. ``fingerprint`` is cheap and must change whenever the source
-    files change; the harness caches decoded splits under it.
+    files change; the harness caches decoded splits under it. Optional ``requires``: as on :class:`Strategy`.
     """
 
     name: str
@@ -316,7 +319,7 @@ class Executor(Protocol):
 
     Optional attributes: ``options`` (a dict of option defaults; users set them with ``--set executor.KEY=VALUE``,
     and they are recorded), ``check_options(options)`` (raise UsageError for bad values), ``in_process = True``
-    for executors that run jobs in the driver's process."""
+    for executors that run jobs in the driver's process, ``requires`` (as on :class:`Strategy`)."""
 
     name: str
     description: str

@@ -1,5 +1,5 @@
 """``lora``: low-rank adapters on a frozen backbone (Hu et al., "LoRA: Low-Rank Adaptation of Large Language
-Models", ICLR 2022), injected with Hugging Face ``peft`` (optional: ``pip install 'tlbench[peft]'``).
+Models", ICLR 2022), injected with Hugging Face ``peft`` (the optional extra ``tlbench[peft]``).
 
 ``targets="auto"`` wraps the attention ``qkv`` projections when the model has them (timm ViTs, as in the paper's
 attention-only setting), else every 1x1 convolution and linear layer but the head (EfficientNet's pointwise
@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from tlbench import Backbone, ParamRef, Strategy, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Backbone, Extra, ParamRef, Strategy, TrainPlan, UsageError, hookimpl, log_grid
 
-INSTALL_HINT = "pip install 'tlbench[peft]' (LoRA adapters come from Hugging Face peft)"
+INSTALL_HINT = Extra("peft", "LoRA adapters come from Hugging Face peft")
 
 
 def adapter_or_head(ref: ParamRef) -> bool:

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Sequence
 
-from tlbench import hookimpl
+from tlbench import Extra, hookimpl
 from tlbench.types import UsageError
 
 
@@ -37,7 +37,8 @@ class TrialActor:
 class RayExecutor:
     name = "ray"
     description = ("trials on a Ray cluster (joins RAY_ADDRESS / executor.address or starts a local one), one "
-                   "actor per slot keeping data warm; needs `pip install 'tlbench[ray]'`")
+                   "actor per slot keeping data warm (extra tlbench[ray])")
+    requires = {"ray": Extra("ray", "the ray executor runs trials on a Ray cluster")}
     options: dict[str, Any] = {"address": None, "workers": None, "num_cpus": 1, "num_gpus": None, "retries": 1}
 
     @staticmethod
@@ -58,10 +59,6 @@ class RayExecutor:
                              f"{options['address']!r}")
         if not isinstance(options.get("retries"), int) or options["retries"] < 0:
             raise UsageError(f"executor.retries must be an integer >= 0, got {options.get('retries')}")
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UsageError("the ray executor needs Ray: pip install 'tlbench[ray]'") from None
 
     def execute(self, jobs: Sequence[Any], session: Any) -> None:
         import ray

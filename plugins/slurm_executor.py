@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from tlbench import hookimpl
+from tlbench import Extra, hookimpl
 from tlbench.types import UsageError
 
 
@@ -26,18 +26,15 @@ def run_task(job: dict[str, Any], threads: int | None) -> dict[str, Any]:
 
 class SlurmExecutor:
     name = "slurm"
-    description = ("trials as Slurm job arrays through submitit, one array per dataset x backbone group; needs "
-                   "`pip install 'tlbench[slurm]'`")
+    description = ("trials as Slurm job arrays through submitit, one array per dataset x backbone group (extra "
+                   "tlbench[slurm])")
+    requires = {"submitit": Extra("slurm", "the slurm executor submits through submitit")}
     options: dict[str, Any] = {"folder": "tlbench-slurm/%j", "cluster": None, "partition": None, "time_min": 120,
                                "gpus_per_node": None, "cpus_per_task": None, "mem_gb": None,
                                "array_parallelism": 16, "account": None, "qos": None, "poll_s": 1.0}
 
     @staticmethod
     def check_options(options: dict[str, Any]) -> None:
-        try:
-            import submitit  # noqa: F401
-        except ImportError:
-            raise UsageError("the slurm executor needs submitit: pip install 'tlbench[slurm]'") from None
         if options.get("cluster") not in (None, "slurm", "local", "debug"):
             raise UsageError(f"executor.cluster must be slurm, local or debug, got {options['cluster']!r}")
         for key in ("time_min", "array_parallelism"):

@@ -107,13 +107,6 @@ def test_report_bad_input_is_one_line_and_writes_nothing(results, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"], "no temporary file left behind"
 
 
-def test_report_without_matplotlib_says_how_to_install_it(results, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
-    result = invoke("report", "--results-dir", results, "--out", tmp_path / "r.html")
-    assert result.exit_code == 2 and "pip install 'tlbench[report]'" in result.output
-    assert not (tmp_path / "r.html").exists()
-
-
 def test_a_plugin_section_and_format_come_through_the_hooks(results, tmp_path, monkeypatch):
     """A third-party plugin adds a report section and a leaderboard format the way the built-ins do."""
     monkeypatch.delenv("TLBENCH_DISABLE_PLUGINS", raising=False)
