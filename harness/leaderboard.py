@@ -9,12 +9,12 @@ import functools
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Sequence
 
 from tlbench import PROTOCOL_VERSION
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
-from tlbench.record_fields import get
+from tlbench.record_fields import get, processor_label
 from tlbench.stats import PairedComparison, paired_comparison
 from tlbench.types import UsageError
 
@@ -362,6 +362,16 @@ def comparison_values(comparison: PairedComparison | None, reference: str) -> di
             "verdict": comparison.verdict, "differences": {str(k): v for k, v in comparison.differences.items()}}
 
 
+def processor_note(records: Sequence[Any], dataset: str | None = None) -> str:
+    """A note when the records shown were computed on more than one processor ("" when they were not)."""
+    counts = Counter(processor_label(r) for r in records if dataset is None or get(r, "trial.dataset") == dataset)
+    if len(counts) < 2:
+        return ""
+    shown = "; ".join(f"{label}: {n} record(s)" for label, n in sorted(counts.items()))
+    return (f"these rows mix processors ({shown}); the same trial on another processor gives different numbers, "
+            f"differences of the size of seed noise")
+
+
 def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS, dataset: str | None = None,
                 vs: str | None = None, sweeps: Sequence[Any] = (), candidates: bool = False) -> LeaderboardTable:
     """The leaderboard as display rows, machine values and notes; with ``vs``, each configuration's paired
@@ -386,7 +396,7 @@ def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS
             row["P(better)"] = cells["p"]
             row["paired"] = cells["verdict"]
             value["vs"] = None if reference_here else comparison_values(comparison, vs)
-    notes = [note for note in [variance_note(records, dataset)] if note]
+    notes = [note for note in [variance_note(records, dataset), processor_note(records, dataset)] if note]
     if sweeps:
         notes.append(tuning_note(sweeps, groups, candidates))
     if vs is not None:

@@ -157,6 +157,37 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def processor() -> dict[str, Any]:
+    """The CPU that ran: its model name, its logical cores (and how many this process may use), and the
+    instruction set torch's CPU kernels dispatch to. The same seed gives different numbers on another processor
+    (differences of the size of seed noise), so every record says which one it ran on."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu_model": cpu_model_name(), "cpu_count": os.cpu_count(), "cpu_usable": usable,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model_name() -> str:
+    """``model name`` from /proc/cpuinfo (Linux), the brand string on macOS, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Processor") and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     import timm
     import torchvision
@@ -174,7 +205,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
+        **processor(),
         "git_commit": _git_commit(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }

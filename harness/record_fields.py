@@ -28,6 +28,19 @@ def get(record: Any, dotted: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def processor_label(record: Any) -> str:
+    """Which processor computed a record, as one label: the GPU's name for a CUDA trial, else the CPU's model,
+    logical cores and torch's kernel instruction set ("processor not recorded" for records before tlbench 0.2.0).
+    Two records of one trial key agree exactly only when this label is the same."""
+    if get(record, "environment.device_type") == "cuda":
+        return str(get(record, "environment.device", "cuda"))
+    model = get(record, "environment.cpu_model")
+    if model is None:
+        return "processor not recorded"
+    return (f"{model} ({get(record, 'environment.cpu_count', '?')} logical cores, "
+            f"{get(record, 'environment.cpu_capability', '?')})")
+
+
 def as_dict(record: Any) -> dict[str, Any]:
     """The record in its JSON layout (a copy for typed records; dicts are returned as they are)."""
     if isinstance(record, dict):

@@ -9,13 +9,14 @@ import html
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 from tlbench import ReportContext, ReportSection, hookimpl
 from tlbench.leaderboard import t95
-from tlbench.record_fields import get
-from tlbench.report import configuration_name
+from tlbench.record_fields import get, processor_label
+from tlbench.report import PLOTS, configuration_name
+from tlbench.requirements import module_available
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -116,6 +117,8 @@ def paired_section(context: ReportContext) -> str:
     table = _table(["strategy", "paired seeds", f"per-seed Δ vs {context.reference} (pts)", "mean Δ (pts)",
                     "95% bootstrap CI", "P(better)", "verdict", "95% paired t-interval (for comparison)"],
                    rows, "paired", [1, 3, 4, 5, 7])
+    if not module_available("matplotlib"):
+        return table + _notes([f"The plot of these differences is left out: it needs {PLOTS}."])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, max(2.8, 0.42 * len(order) + 1.3)))
     for y, label in enumerate(order):
@@ -329,12 +332,15 @@ def protocol_section(context: ReportContext) -> str:
                       "learning rates (per phase)", "hyper-parameters"], per_strategy, "protocol-strategies"))
 
 
-ENVIRONMENT_FIELDS = ("device", "cuda", "torch", "torchvision", "timm", "tlbench", "python", "platform",
-                      "git_commit", "host")
+ENVIRONMENT_FIELDS = ("device", "cpu_model", "cpu_count", "cpu_usable", "cpu_capability", "cuda", "torch",
+                      "torchvision", "timm", "tlbench", "python", "platform", "git_commit", "host")
 
 
 def environment_section(context: ReportContext) -> str:
-    rows = [(name, _distinct(context.records, f"environment.{name}")) for name in ENVIRONMENT_FIELDS]
+    processors = Counter(processor_label(r) for r in context.records)
+    rows = [("processor", "; ".join(f"{label} ({n} record{'s' if n > 1 else ''})"
+                                    for label, n in sorted(processors.items())))]
+    rows += [(name, _distinct(context.records, f"environment.{name}")) for name in ENVIRONMENT_FIELDS]
     rows.append(("runtime", _distinct(context.records, "runtime")))
     created = sorted(str(get(r, "created", "")) for r in context.records if get(r, "created"))
     if created:
@@ -354,14 +360,20 @@ def reproduce_section(context: ReportContext) -> str:
             f"</code>.</p>")
 
 
+NEEDS_MATPLOTLIB = {"matplotlib": PLOTS}  # the sections that are plots only
 BUILTIN_SECTIONS = [
     ReportSection("leaderboard", "Leaderboard", 10, leaderboard_section),
     ReportSection("paired", "Paired comparison with the reference", 20, paired_section),
-    ReportSection("accuracy-vs-time", "Accuracy against training time (Pareto front)", 30, accuracy_time_section),
-    ReportSection("accuracy-vs-parameters", "Accuracy against trainable parameters", 40, accuracy_params_section),
-    ReportSection("means", "Mean accuracy with 95% intervals", 50, means_section),
-    ReportSection("curves", "Validation accuracy per epoch", 60, curves_section),
-    ReportSection("cost", "Throughput and peak memory", 70, cost_section),
+    ReportSection("accuracy-vs-time", "Accuracy against training time (Pareto front)", 30, accuracy_time_section,
+                  NEEDS_MATPLOTLIB),
+    ReportSection("accuracy-vs-parameters", "Accuracy against trainable parameters", 40, accuracy_params_section,
+                  NEEDS_MATPLOTLIB),
+    ReportSection("means", "Mean accuracy with 95% intervals", 50, means_section,
+                  NEEDS_MATPLOTLIB),
+    ReportSection("curves", "Validation accuracy per epoch", 60, curves_section,
+                  NEEDS_MATPLOTLIB),
+    ReportSection("cost", "Throughput and peak memory", 70, cost_section,
+                  NEEDS_MATPLOTLIB),
     ReportSection("protocol", "Protocol", 80, protocol_section),
     ReportSection("environment", "Environment", 90, environment_section),
     ReportSection("reproduce", "Reproduce", 100, reproduce_section),
