@@ -410,7 +410,7 @@ def test_full_finetune_end_to_end(benchmark, plugins, jpeg_folder, lesson, repor
 
 
 # ========================================================================= 4. a whole default `tlbench run --all`
-GOAL_RUN_ALL_S = 480.0  # issue 14: `tlbench run --all`, now eleven strategies, under 8 minutes on a 2-core CPU
+GOAL_RUN_ALL_S = 480.0  # `tlbench run --all` (the eleven built-in strategies) under 8 minutes on a 2-core CPU
 TOLERANCE_RUN_ALL_S = 48.0  # 10%: start-up and load on an otherwise idle machine
 @pytest.mark.slow
 def test_run_all_wall_time(benchmark, fmnist, bench_environment, report, tmp_path):

@@ -7,7 +7,7 @@ epoch of the phase so far has scored above chance level on validation (1/C plus 
 for the validation split's size). Either alone can happen in a run that learns: the test suite's deliberately high
 learning rates on a tiny random backbone spike to 50 x ln 4 for an epoch and recover, and the first epochs of a
 slow run sit at chance. Together they mean the weights blew up before anything was learnt: a full fine-tune at
-lr 10 scores 734.9 nats (530 x ln 4) in its first epoch at chance, and goes on to 25,872 (README, "Divergence").
+lr 10 scores 734.9 nats (530 x ln 4) in its first epoch at chance, and goes on to 25,872 (docs/cli.md).
 """
 from __future__ import annotations
 

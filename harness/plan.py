@@ -261,8 +261,8 @@ def strategy_plan(strategy: Any, group_names: Sequence[str], hparams: Mapping[st
                          f"group the backbone lacks; pick another backbone, or fix the strategy's plan()") from exc
     if not isinstance(plan, TrainPlan):
         raise UsageError(f"strategy {strategy.name!r}: plan() returned {type(plan).__name__}, but it must return a "
-                         f"tlbench.TrainPlan, e.g. TrainPlan({{'head': 1e-3}}, 'frozen') (see README, Writing a "
-                         f"strategy plugin)")
+                         f"tlbench.TrainPlan, e.g. TrainPlan({{'head': 1e-3}}, 'frozen') (see "
+                         f"docs/guides/strategy.md)")
     return plan
 
 

@@ -1,4 +1,4 @@
-"""The public toolkit for dataset plugins (README, "Writing a dataset plugin"): option checks, a deterministic
+"""The public toolkit for dataset plugins (docs/guides/dataset.md): option checks, a deterministic
 stratified split, a memory check, parallel decoding, and turning decoded images into the uint8 (N, 3, H, W) tensors of :class:`tlbench.ImageSplits` at a storage resolution.
 
 Every dataset family uses the same split and the same resizing, so two datasets with the same options are prepared
@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from tlbench.plan import check_image_size
 from tlbench.types import UsageError
 
-# The dataset-author toolkit (README, "Writing a dataset plugin"): what the built-in datasets use.
+# The dataset-author toolkit (docs/guides/dataset.md): what the built-in datasets use.
 __all__ = ["AUGMENTATIONS", "DataWarning", "available_memory", "check_common_options", "data_dir", "decode_parallel",
            "fit_image", "merged_options", "require_choice", "require_fraction", "require_int", "require_memory",
            "require_optional_int", "stratified_split", "to_storage"]

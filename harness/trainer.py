@@ -75,7 +75,7 @@ def resolve_amp(device: torch.device, amp: str) -> str:
 
 def resolve_channels_last(device: torch.device, value: bool | str, protocol_version: int | None = None) -> bool:
     """"auto" is on for CUDA and, since protocol 2, for the CPU: 1.4x faster per full fine-tune step on the 2-core
-    CPU at equal validation accuracy (benchmarks/test_speed_v2.py::test_cpu_step_options, README "Speed").
+    CPU at equal validation accuracy (benchmarks/test_speed_v2.py::test_cpu_step_options; docs/results-archive.md).
     ``protocol_version`` (default: today's) resolves "auto" as an older protocol did: protocol 1, CUDA only."""
     if value == "auto":
         if protocol_version is not None and protocol_version < 2:

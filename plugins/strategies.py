@@ -2,8 +2,7 @@
 
 Learning rates are the lesson's. The BatchNorm policy is an explicit hyper-parameter of every strategy that trains
 BatchNorm layers. Pretrained strategies keep the pretrained running statistics ("frozen"): chosen on the validation
-split, where it beat "train" and "recalibrate" for full fine-tuning by ~10 points and tied for partial (README,
-"Defaults and why"). Scratch uses the standard train mode: its initial statistics mean nothing.
+split, where it beat "train" and "recalibrate" for full fine-tuning by ~10 points and tied for partial (docs/protocol.md). Scratch uses the standard train mode: its initial statistics mean nothing.
 """
 from __future__ import annotations
 
