@@ -66,8 +66,14 @@ def build_model(name: str, num_classes: int, weights: str | None) -> nn.Module:
 
 
 def train_step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    """FLOPs of one forward + backward on (x, y), counted by torch.utils.flop_counter (matmuls and convolutions)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one forward + backward on (x, y), counted by torch.utils.flop_counter (matmuls and convolutions)
+    with tlbench's corrected convolution backward (torch's own counts a grouped conv's grad weight ``groups``
+    times; ResNet-50 has no grouped conv, so its count is the same either way)."""
+    try:
+        from tlbench.measure import flop_counter
+    except ImportError:  # run without tlbench installed: torch's counter (right for dense convolutions)
+        flop_counter = lambda: FlopCounterMode(display=False)  # noqa: E731
+    with flop_counter() as counter:
         nn.functional.cross_entropy(model(x).float(), y).backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())

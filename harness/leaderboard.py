@@ -62,13 +62,17 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "memory": ("peak mem MiB", "metrics.peak_memory_mib", "float"),
     "time": ("time s", "metrics.time_s.total", "float"),
     "gflops": ("GFLOPs/img", "metrics.gflops_per_image", "float3"),
+    # training FLOPs: records without metrics.flops_method were counted with torch's dense conv backward ("old
+    # count": about 14x too much for depthwise networks); their cells say so
+    "train_gflops": ("train GFLOPs", "metrics.train_gflops_total", "flops"),
+    "train_gflops_s": ("train GFLOP/s", "metrics.train_gflops_per_s", "flops"),
     "trainable": ("trainable params", "metrics.params.trainable", "int"),
     "cache": ("feature cache", "metrics.feature_cache", "bool"),
     "status": ("status", "", "status"),
 }
 DEFAULT_COLUMNS = ("test", "n", "ci95", "val", "train_ips", "eval_ips", "memory", "time", "status")
-WIDE_COLUMNS = ("test", "n", "ci95", "val", "test5", "epoch", "train_ips", "eval_ips", "memory", "gflops",
-                "trainable", "cache", "time", "status")
+WIDE_COLUMNS = ("test", "n", "ci95", "val", "test5", "epoch", "train_ips", "train_gflops_s", "eval_ips", "memory",
+                "gflops", "train_gflops", "trainable", "cache", "time", "status")
 
 
 def _get(record: Any, dotted: str) -> Any:
@@ -183,6 +187,9 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
         return f"{int(mean):,}"
     if kind == "float3":
         return f"{mean:.3f}"
+    if kind == "flops":
+        text = f"{mean:,.0f}" if abs(mean) >= 100 else f"{mean:.1f}" if abs(mean) >= 1 else f"{mean:.3f}"
+        return text + (" (old count)" if any(_get(r, "metrics.flops_method") is None for r in ok) else "")
     if kind == "bool":
         return "yes" if mean else "no"
     text = f"{mean:,.0f}" if abs(mean) >= 100 else f"{mean:.1f}"

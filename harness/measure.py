@@ -108,12 +108,52 @@ class PeakMemory:
             self.result.update({"kind": "cpu-rss", "peak_mib": max(0, hwm - start) / 1024, "how": how})
 
 
+# How the FLOPs in a record were counted (``metrics.flops_method``). Records without the field were counted by
+# torch.utils.flop_counter's own formulas, whose convolution backward ignores ``groups``: the grad-weight term of
+# a grouped convolution is counted ``groups`` times too large (a depthwise conv's backward by about channels/2).
+FLOPS_METHOD = ("torch.utils.flop_counter with tlbench's convolution_backward formula (groups counted; "
+                "multiply-adds x 2, padding included, bias and elementwise ops not counted)")
+OLD_FLOPS_METHOD = "torch.utils.flop_counter (convolution backward counted as dense; records before the fix)"
+
+
+def conv_forward_flop_count(x_shape: Any, w_shape: Any, out_shape: Any, transposed: bool) -> int:
+    """2 x multiply-adds of one (possibly grouped) convolution: every output (for a transposed convolution: every
+    input) position of every batch element meets one weight tensor's worth of taps — ``w_shape`` is
+    (C_out, C_in / groups, *k) (transposed: (C_in, C_out / groups, *k)), so groups are already in the weight."""
+    spatial = (x_shape if transposed else out_shape)[2:]
+    count = 2 * int(x_shape[0])
+    for size in list(w_shape) + list(spatial):
+        count *= int(size)
+    return count
+
+
+def conv_backward_flop(grad_out_shape: Any, x_shape: Any, w_shape: Any, _bias: Any, _stride: Any, _padding: Any,
+                       _dilation: Any, transposed: bool, _output_padding: Any, _groups: Any, output_mask: Any,
+                       out_shape: Any = None, **kwargs: Any) -> int:
+    """aten.convolution_backward: grad input and grad weight each take exactly the forward's multiply-adds
+    (grad input is the transposed convolution of grad_out with the same weight; grad weight correlates the input
+    with grad_out, group by group). torch's own formula computes grad weight as a convolution whose "input
+    channels" are the batch, over all C_in x C_out channel pairs, which counts a grouped convolution ``groups``
+    times (a depthwise one: C times) too much."""
+    output_spatial = x_shape if transposed else grad_out_shape  # the positions the forward's taps run over
+    forward = conv_forward_flop_count(x_shape, w_shape, [x_shape[0], 0, *list(output_spatial)[2:]], transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+FLOP_FORMULAS = {torch.ops.aten.convolution_backward: conv_backward_flop}
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter with the corrected convolution backward (see ``FLOPS_METHOD``)."""
+    return FlopCounterMode(display=False, custom_mapping=dict(FLOP_FORMULAS))
+
+
 def forward_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
     """FLOPs of one forward pass on ``example`` (count from torch.utils.flop_counter; eval mode, no grad)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             model(example)
     finally:
         model.train(was_training)
@@ -126,7 +166,7 @@ def train_step_flops(model: torch.nn.Module, example: torch.Tensor, num_classes:
     clone.train()
     # Dropout in the copy draws from the global generator: fork it, so counting FLOPs never changes training.
     with torch.random.fork_rng(devices=[example.device] if example.device.type == "cuda" else []), \
-            FlopCounterMode(display=False) as counter:
+            flop_counter() as counter:
         logits = clone(example)
         loss = torch.nn.functional.cross_entropy(logits.float(), torch.zeros(len(example), dtype=torch.long,
                                                                                 device=example.device))

@@ -19,7 +19,7 @@ from tlbench.data_cache import load_splits
 from tlbench.devices import pick_device  # noqa: F401  (moved there; kept importable from here)
 from tlbench.freeze import check_phases, describe
 from tlbench.head_init import final_linear, init_head
-from tlbench.measure import PeakMemory, Stopwatch, environment, forward_flops
+from tlbench.measure import FLOPS_METHOD, PeakMemory, Stopwatch, environment, forward_flops
 from tlbench.phases import CachedFeatures, apply_surgery, run_plan
 from tlbench.plan import Trial, strategy_plan
 from tlbench.prefix_cache import PrefixCache, serve
@@ -223,6 +223,11 @@ class TrialRunner:
         saved_model = self._save_weights(trial, model) if self.weights_dir else None
         fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))
         train_flops = sum(p.flops_per_image * p.fit.steps * protocol["batch_size"] for p in outcome.phases)
+        # the rate the train steps achieved: the phases train img/s is measured over, times their FLOPs per image
+        timed = [p for p in outcome.phases if not p.on_features] or list(outcome.phases)
+        timed_seconds = sum(p.fit.timed_seconds for p in timed)
+        train_gflops_per_s = (sum(p.flops_per_image * p.fit.timed_images for p in timed) / timed_seconds / 1e9
+                              if timed_seconds > 0 else None)
         if outcome.feature_seconds:  # this trial ran the backbone over every split once
             train_flops += fwd_flops * sum(splits.sizes.values())
         train_flops += outcome.prefix_flops  # this trial's share of the frozen-prefix passes
@@ -266,6 +271,8 @@ class TrialRunner:
                 "params": {"trainable": outcome.trainable_params, "total": outcome.total_params},
                 "gflops_per_image": fwd_flops / 1e9,
                 "train_gflops_total": train_flops / 1e9,
+                "train_gflops_per_s": train_gflops_per_s,
+                "flops_method": FLOPS_METHOD,
                 "feature_cache": outcome.feature_seconds is not None,
                 "history": outcome.history,
             },

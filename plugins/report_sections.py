@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 from tlbench import ReportContext, ReportSection, hookimpl
-from tlbench.leaderboard import t95
+from tlbench.leaderboard import leaderboard_rows, t95
 from tlbench.record_fields import get, processor_label
 from tlbench.report import PLOTS, configuration_name
 from tlbench.requirements import module_available
@@ -280,7 +280,23 @@ def cost_section(context: ReportContext) -> str:
                                "seeds.") + _notes([
         f"Device: {', '.join(device)}. Peak memory kind: {', '.join(memory) or 'n/a'} (on CPU the growth of the "
         f"process's peak resident set during the trial). A frozen backbone's train img/s is the head on cached "
-        f"features, not comparable with end-to-end training."])
+        f"features, not comparable with end-to-end training.", _train_flops_note(context)])
+
+
+def _train_flops_note(context: ReportContext) -> str:
+    """Train GFLOP/s achieved beside train img/s, per configuration (the FLOP count says how it was counted)."""
+    rows = [r for r in leaderboard_rows(context.records, ("train_ips", "train_gflops_s"))
+            if r.get("train GFLOP/s")]
+    if not rows:
+        return ("Train GFLOP/s: not recorded (records before the corrected FLOP count; their train_gflops_total "
+                "counted convolution backward as dense).")
+    multi = len({r["backbone"] for r in rows}) > 1
+    cells = "; ".join(f"{configuration_name(r['backbone'], r['strategy'], multi)}: {r['train GFLOP/s']} GFLOP/s at "
+                      f"{r['train img/s']} img/s" for r in rows)
+    methods = sorted({str(get(r, "metrics.flops_method", "old count: torch.utils.flop_counter, convolution "
+                                                         "backward counted as dense")) for r in _ok(context)})
+    return f"Train GFLOP/s achieved (FLOPs per train image x train img/s): {cells}. FLOPs counted by: " \
+           f"{'; '.join(methods)}."
 
 
 def _distinct(records: Sequence[Any], path: str) -> str:
