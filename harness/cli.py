@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,8 @@ class _PrintingReporter:
 
     def grid_started(self, result: Any) -> None:
         where = result.device if result.executor == "local" else f"executor {result.executor}"
+        for line in result.left_out:
+            click.echo(f"tlbench: {line}", err=True)
         click.echo(f"tlbench: {len(result.trials)} trial(s), {result.skipped} already done, {result.pending} to run "
                    f"on {where}; results in {result.results_dir}", err=True)
 
@@ -157,7 +161,15 @@ def _trial_line(record: Any) -> str:
         return f"{record.status.upper():>8}  {where}: {record.error or ''}"
     return (f"      ok  {where}: val {100 * metrics.val_top1:.1f}%  test {100 * metrics.test_top1:.1f}%  "
             f"(best epoch {metrics.best_epoch}/{metrics.epochs}, {metrics.wall_s or 0.0:.1f} s"
-            f"{', cached features' if metrics.feature_cache else ''})")
+            f"{', cached features' if metrics.feature_cache else ''}{_weights_note(record)})")
+
+
+def _weights_note(record: Any) -> str:
+    """The size of the trial's saved weights (--save-models), or why none could be written."""
+    saved = record.saved_model
+    if saved.get("bytes"):
+        return f", weights {saved['bytes'] / 1e6:.1f} MB"
+    return f", weights not saved: {saved['error']}" if saved.get("error") else ""
 
 
 @cli.command()
@@ -193,6 +205,12 @@ def _trial_line(record: Any) -> str:
                    "on the selection seed(s), the best on validation re-run on --seeds fresh seeds (reported).")
 @click.option("--tune-budget", type=int, default=None, metavar="K",
               help="Configurations per strategy with --tune (the same K for every strategy) [default: 4].")
+@click.option("--save-models", type=click.Choice(["none", "best", "all"]), default="best", show_default=True,
+              help="Keep trained weights (the restored best-epoch weights the test split scored) as "
+                   "<key>.safetensors beside the records, their sha256 in the record: best = per dataset x backbone "
+                   "only the trial best on validation over the results directory's records (never chosen on test), "
+                   "the others pruned when the grid ends; all = every trial; none = no weights. The size is printed per trial (efficientnet_lite0: about 14 MB). "
+                   "Export with `tlbench export`.")
 @click.option("--selection-seeds", type=int, default=None, metavar="S",
               help="Seeds each configuration is trained on to choose, with --tune [default: 1]; the reporting "
                    "seeds come after them.")
@@ -200,7 +218,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,
         executor: str, workers: int | None, device: str | None, use_compile: bool, deterministic: bool,
         force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool, tune_budget: int | None,
-        selection_seeds: int | None) -> None:
+        selection_seeds: int | None, save_models: str) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
     The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command
@@ -224,6 +242,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         overrides["compile"] = True
     if deterministic:
         overrides["deterministic"] = True
+    overrides["save_models"] = save_models  # which weights the results directory keeps; not part of any trial
     options = {"workers": workers} if workers is not None else {}
     if not tune and (tune_budget is not None or selection_seeds is not None):
         _fail(f"{'--tune-budget' if tune_budget is not None else '--selection-seeds'} only applies with --tune; "
@@ -260,11 +279,15 @@ def _report_tuning(tuned: Any, fmt: str, formats: dict[str, Any]) -> None:
         _report_grid(grid)
     for line in tuned.not_selected:
         click.echo(f"tlbench: not tuned: {line}", err=True)
+    if tuned.left_out:
+        click.echo(f"tlbench: {len(tuned.left_out)} strategy(ies) left out: they need an optional package (see the "
+                   f"lines at the start)", err=True)
 
 
 def _report_grid(result: Any) -> None:
     """A grid's counts, its failed trials and how to resume, on stderr."""
-    counts = (f"{len(result.ok)} ok, {len(result.failed)} failed, {result.skipped} skipped (done before), "
+    left_out = f"{len(result.left_out)} left out (optional package missing), " if result.left_out else ""
+    counts = (f"{len(result.ok)} ok, {len(result.failed)} failed, {left_out}{result.skipped} skipped (done before), "
               f"{result.done_elsewhere} done by another process, in {result.elapsed_s:.1f} s")
     click.echo(f"tlbench: {counts}", err=True)
     for record in result.failed + result.failed_before:
@@ -281,8 +304,10 @@ def _report_grid(result: Any) -> None:
 
 @cli.command(name="list")
 @click.argument("kind", required=False, type=click.Choice(LIST_KINDS))
-def list_(kind: str | None) -> None:
-    """List what is registered, with one-line descriptions and defaults."""
+@click.option("--wide", is_flag=True, help="One line per entry, however wide (for grep); default: fit the terminal.")
+def list_(kind: str | None, wide: bool) -> None:
+    """List what is registered, with descriptions, defaults and search spaces; entries that need an optional
+    package not installed here are marked with * and the command that installs it."""
     from tabulate import tabulate
 
     from tlbench.tuning import search_space
@@ -290,27 +315,55 @@ def list_(kind: str | None) -> None:
     plugins = _plugins()
     registries = {"strategies": plugins.strategies, "backbones": plugins.backbones, "datasets": plugins.datasets,
                   "executors": plugins.executors}
+    width = shutil.get_terminal_size().columns
     for name in [kind] if kind else LIST_KINDS:
+        registry = registries[name]
+        unavailable = registry.unavailable()
         rows = []
-        for item_name, item in registries[name].items():
+        for item_name, item in registry.items():
             shown = f"{item_name}:<{'model' if name == 'backbones' else 'arg'}>" if getattr(
                 item, "takes_argument", False) else item_name
             defaults = dict(getattr(item, "defaults", None) or getattr(item, "options", None) or {})
             if name == "strategies" and item.protocol:
                 defaults.update(item.protocol)
-            description = item.description
-            if name == "strategies" and item.missing_requirements():
-                description += f" [not installed: {item.missing_requirements()[0]}]"
-            row = [shown, description, ", ".join(f"{k}={v}" for k, v in defaults.items())]
+            row = [shown + (" *" if item_name in unavailable else ""), item.description,
+                   ", ".join(f"{k}={v}" for k, v in defaults.items())]
             if name == "strategies":
                 space, source = search_space(item)
                 shown_space = " x ".join(f"{k} {v}" for k, v in space.items()) or "none"
                 row.append(shown_space + (" (derived)" if source.startswith("derived") else ""))
-            rows.append(row + [registries[name].owner(item_name)])
-        headers = ["name", "description", "defaults"] + (["search space (--tune)"] if name == "strategies" else [])
+            rows.append(row + [registry.owner(item_name)])
+        headers = (["name", "description", "defaults"] + (["search space (--tune)"] if name == "strategies" else [])
+                   + ["plugin"])
         click.echo(f"{name}:")
-        click.echo(tabulate(rows, headers=headers + ["plugin"], tablefmt="simple"))
+        click.echo(tabulate(rows if wide else _fit_to_width(rows, headers, width), headers=headers,
+                            tablefmt="simple"))
+        for item_name, hint in unavailable.items():
+            click.echo(f"* {item_name} is unavailable here: it needs an optional package: {hint}")
         click.echo()
+
+
+def _fit_to_width(rows: list[list[str]], headers: list[str], width: int) -> list[list[str]]:
+    """The rows with their text columns wrapped so the table fits ``width`` columns where it can: the first (name)
+    and last (plugin) columns keep their width; the columns between share the rest in proportion to their length,
+    each at least as wide as its longest word (a setting is never split, so it stays copyable)."""
+    header = [len(h) + 2 for h in headers]  # tabulate keeps two spaces beside a header in its column
+    natural = [max([header[i]] + [len(str(r[i])) for r in rows]) for i in range(len(headers))]
+    middle = range(1, len(headers) - 1)
+    spare = width - natural[0] - natural[-1] - 2 * (len(headers) - 1)
+    if sum(natural[i] for i in middle) <= spare:
+        return rows
+    longest_word = {i: max([len(w) for r in rows for w in str(r[i]).split()] + [header[i]]) for i in middle}
+    longest_word[1] = min(longest_word[1], 16)  # the description is prose: a long word may break there
+    total = sum(natural[i] for i in middle)
+    share = {i: max(longest_word[i], spare * natural[i] // total) for i in middle}
+    while sum(share.values()) > spare:  # a column widened to its longest word: narrow the others that can give
+        slack = max(middle, key=lambda i: share[i] - longest_word[i])
+        if share[slack] <= longest_word[slack]:
+            break
+        share[slack] -= 1
+    return [[textwrap.fill(str(cell), share[i], break_long_words=i == 1, break_on_hyphens=False) if i in share
+             else cell for i, cell in enumerate(row)] for row in rows]
 
 
 @cli.command()
@@ -391,7 +444,7 @@ def report(results_dir: Path | None, out: Path, dataset: str | None, reference: 
 
     written = write_report(store.records(), out, sections=[s for _, s in plugins.report_sections.items()],
                            dataset=dataset, reference=reference, progress=_progress_factory(quiet),
-                           source=str(store.root), sweeps=read_sweeps(store.root, _warn_line))
+                           source=str(store.root), sweeps=read_sweeps(store.root, _warn_line), warn=_warn_line)
     click.echo(f"tlbench: report written to {written}", err=True)
 
 
@@ -410,12 +463,113 @@ def rerun(key: str, results_dir: Path | None, print_only: bool) -> None:
         _fail(f"{'no valid' if not matches else 'more than one'} record matches key {key!r} in "
               f"{str(store.root)!r}")
     record = next(r for r in candidates if r.key == matches[0])
+    _warn_if_another_processor(record)
     args = rerun_arguments(record, store.root)
     if print_only:
         click.echo("tlbench " + " ".join(shlex.quote(a) for a in args))
         return
     ctx = click.get_current_context()
     ctx.invoke(run, **_run_params(args, ctx))
+
+
+@cli.command()
+@click.argument("key", required=False)
+@click.option("--best", is_flag=True, help="The trial best on validation (per dataset x backbone) instead of KEY.")
+@click.option("--dataset", default=None, help="With --best: only this dataset.")
+@click.option("--backbone", default=None, help="With --best: only this backbone.")
+@click.option("--format", "formats", multiple=True, default=("timm",), show_default=True,
+              help="timm (model.safetensors + config.json, loads with timm.create_model(\"local-dir:DIR\", "
+                   "pretrained=True)), torchscript or onnx (needs the export extra); repeatable or comma-separated.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The folder to write (new or empty; --overwrite replaces it).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds files.")
+@click.option("--accept-different", is_flag=True,
+              help="When the trial has no saved weights and its re-run scores another validation top-1 than the "
+                   "record (another processor), export the re-run's weights anyway (the card says so).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
+@click.option("--device", default=None, help="Device for a re-run (cpu or cuda[:N]) [default: cuda if available].")
+def export(key: str | None, best: bool, dataset: str | None, backbone: str | None, formats: tuple[str, ...],
+           out: Path, overwrite: bool, accept_different: bool, results_dir: Path | None, device: str | None) -> None:
+    """Export a trial's trained model (by KEY, or --best) for timm, TorchScript or ONNX, with a model card.
+
+    The weights are those `tlbench run --save-models` kept (default: the best on validation per dataset x
+    backbone); without them the trial is re-run, and refused if the re-run's validation top-1 differs. LoRA
+    adapters are merged; a model otherwise changed by surgery exports as TorchScript/ONNX only. Every file is
+    scored on the trial's test split before the folder appears (README.md, config.json["tlbench"]["checks"]).
+
+    \b
+    Load it without tlbench:
+      model = timm.create_model("local-dir:DIR", pretrained=True).eval()
+      model = torch.jit.load("DIR/model.torchscript.pt")
+      session = onnxruntime.InferenceSession("DIR/model.onnx")
+    or: tlbench predict DIR IMAGES_OR_FOLDER
+    """
+    from tlbench import export as exporting
+    from tlbench.store import ResultStore, default_results_dir
+
+    if bool(key) == best:
+        _fail("name the trial to export by KEY or pass --best (not both)")
+    if not best and (dataset or backbone):
+        _fail("--dataset/--backbone choose among the best models: add --best, or export by KEY alone")
+    chosen = [f.strip() for value in formats for f in value.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in exporting.FORMATS]
+    if unknown or not chosen:
+        _fail(f"unknown --format {unknown[0] if unknown else ''!r}; choose from {', '.join(exporting.FORMATS)}")
+    if "onnx" in chosen:
+        exporting.require_onnx()
+    exporting.check_out_folder(out, overwrite)
+    store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
+    if not store.root.is_dir():
+        _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
+    record = exporting.best_record(store, dataset, backbone) if best else exporting.find_record(store, key or "")
+    say = lambda line: click.echo(f"tlbench: {line}", err=True)  # noqa: E731
+    plugins = _plugins()
+    trained = exporting.trained_model(record, store.root, plugins, device=device, accept_different=accept_different,
+                                      progress="auto", say=say)
+    result = exporting.export(trained, out, chosen, plugins, overwrite=overwrite, say=say)
+    for note in result.notes:
+        say(note)
+    say(f"wrote {result.folder} ({', '.join(result.formats)}, config.json, README.md): trial {record.key} "
+        f"({record.trial.dataset} / {record.trial.backbone} / {record.trial.label} seed {record.trial.seed}: val "
+        f"{100 * record.metrics.val_top1:.2f}%, test {100 * record.metrics.test_top1:.2f}%)")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--top-k", type=int, default=5, show_default=True, help="Classes per image.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--use", type=click.Choice(["timm", "torchscript", "onnx"]), default=None,
+              help="Which exported file runs [default: the first of timm, torchscript, onnx in MODEL_DIR].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def predict(model_dir: Path, images: tuple[Path, ...], top_k: int, fmt: str, use: str | None, quiet: bool) -> None:
+    """Classify image files (or folders of them) with a model from `tlbench export`: its class names and exactly
+    the preprocessing the harness evaluated with (an image the harness evaluated gets the harness's label)."""
+    from tlbench.export import load_export
+    from tlbench.predict import find_images, predict as run_predict, render
+
+    exported = load_export(model_dir)
+    files = find_images(images)
+    if quiet or len(files) < 2 * 32 or not sys.stderr.isatty():
+        _, predictions = run_predict(exported, files, top_k, use)
+    else:
+        with click.progressbar(length=len(files), label="predicting", file=sys.stderr) as bar:
+            _, predictions = run_predict(exported, files, top_k, use, progress=bar.update)
+    click.echo(render(predictions, fmt))
+
+
+def _warn_if_another_processor(record: Any) -> None:
+    """A re-run reproduces a record exactly only on the processor that computed it: say so when this one differs."""
+    from tlbench.devices import pick_device
+    from tlbench.measure import environment
+    from tlbench.record_fields import processor_label
+
+    theirs = processor_label(record)
+    ours = processor_label({"environment": environment(pick_device(None))})
+    if theirs != ours:
+        _warn_line(f"record {record.key} was computed on {theirs}, this machine is {ours}: the re-run's numbers "
+                   f"will differ from the record's (differences of the size of seed noise)")
 
 
 def rerun_arguments(record: Any, results_dir: Path) -> list[str]:

@@ -55,7 +55,8 @@ class Reporter:
 class GridResult:
     """The outcome of :func:`run_grid`. ``exit_code`` is what ``tlbench run`` exits with: 0 when every trial of the
     grid has an ok record, 1 when any failed (now or in an earlier run) or is missing, 130 / 143 after SIGINT /
-    SIGTERM."""
+    SIGTERM. ``left_out`` names the strategies that "every registered strategy" left out because they need an
+    optional package, with the command that installs it; they do not change the exit code."""
 
     trials: list[Any]
     executor: str
@@ -69,6 +70,7 @@ class GridResult:
     failed_before: list[Record] = field(default_factory=list)
     done_elsewhere: int = 0
     missing: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # strategies --all could not run here, each with the fix
     records: list[Record] = field(default_factory=list)
     elapsed_s: float = 0.0
     interrupted: str | None = None
@@ -221,22 +223,43 @@ def _resolve(registry: Any, name: str, hint: str) -> tuple[Any, str | None]:
     return resolve(registry, name, hint)
 
 
+@dataclass
+class GridNames:
+    """The checked names of a grid: (name, Strategy) pairs, backbone names, (name, dataset family) pairs, and the
+    strategies "every registered strategy" left out because this environment cannot run them (name -> the install
+    hint of what they need)."""
+
+    strategies: list[tuple[str, Any]]
+    backbones: list[str]
+    datasets: list[tuple[str, Any]]
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def left_out_lines(self) -> list[str]:
+        return [f"left out {name}: it needs an optional package: {hint}" for name, hint in self.left_out.items()]
+
+
 def resolve_names(plugins: Any, strategies: Sequence[str], backbones: Sequence[str], datasets: Sequence[str]
-                  ) -> tuple[list[tuple[str, Any]], list[str], list[tuple[str, Any]]]:
-    """(name, Strategy) pairs, backbone names and (name, dataset family) pairs of a grid, each name checked; empty
-    means every registered strategy (refused while a plugin is broken), the default backbones, the default
-    dataset."""
-    if not strategies:  # "every registered strategy" is not every one while a plugin is broken
+                  ) -> GridNames:
+    """The grid's names, each checked (unknown or unavailable: a UsageError); no strategies means every registered
+    strategy that can run here (refused while a plugin is broken), no backbones and no datasets the defaults."""
+    left_out: dict[str, str] = {}
+    if strategies:
+        strategy_names = list(dict.fromkeys(strategies))
+    else:  # "every registered strategy" is not every one while a plugin is broken
         plugins.require_valid()
+        left_out = plugins.strategies.unavailable()
+        strategy_names = [name for name in plugins.strategies.names() if name not in left_out]
+        if not strategy_names:
+            raise UsageError("no registered strategy can run in this environment: "
+                             + "; ".join(f"{name} needs {hint}" for name, hint in left_out.items()))
     hint = plugins.failure_hint()
-    strategy_names = list(dict.fromkeys(strategies)) or plugins.strategies.names()
     chosen_strategies = [(name, plugins.strategies.get(name, hint)) for name in strategy_names]
     backbone_names = list(dict.fromkeys(backbones)) or list(DEFAULT_BACKBONES)
     for name in backbone_names:
         _resolve(plugins.backbones, name, hint)
     dataset_names = list(dict.fromkeys(datasets)) or [DEFAULT_DATASET]
     chosen_datasets = [(name, _resolve(plugins.datasets, name, hint)[0]) for name in dataset_names]
-    return chosen_strategies, backbone_names, chosen_datasets
+    return GridNames(chosen_strategies, backbone_names, chosen_datasets, left_out)
 
 
 def parse_settings(settings: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
@@ -294,7 +317,8 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
 
     ``strategies`` empty means every registered strategy; ``backbones`` and ``datasets`` empty mean the defaults
     (``efficientnet_lite0``, ``fashion-mnist``). ``settings`` are ``--set`` overrides (``["epochs=2",
-    "full.lr=3e-4", "data.train_size=500", "executor.workers=2"]`` or the same as a dict). ``executor`` names an
+    "full.lr=3e-4", "data.train_size=500", "executor.workers=2"]`` or the same as a dict; ``save_models=best|all``
+    keeps trained weights beside the records, see :func:`tlbench.store.save_models_choice`). ``executor`` names an
     executor plugin (``local``, ``process``, ``ray``, ``slurm``); its options come from ``executor_options_`` and
     ``executor.<key>`` settings. ``device`` is ``cpu`` / ``cuda[:N]`` / None (CUDA where available). ``progress``:
     "auto" (a bar on a terminal, lines otherwise), "bar", "lines" or "off". Bad input raises :class:`UsageError`
@@ -304,7 +328,7 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     """
     from tlbench.plan import build_trials, check_seeds
     from tlbench.registry import Plugins
-    from tlbench.store import ResultStore, default_results_dir
+    from tlbench.store import ResultStore, default_results_dir, save_models_choice
 
     started = time.perf_counter()
     reporter = reporter or Reporter()
@@ -315,7 +339,7 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     check_seeds(first_seed, seeds)
     if plugins is None:
         plugins = Plugins()
-    chosen_strategies, backbone_names, chosen_datasets = resolve_names(plugins, strategies, backbones, datasets)
+    names = resolve_names(plugins, strategies, backbones, datasets)
     chosen_executor = plugins.executors.get(executor, plugins.failure_hint())
 
     overrides = parse_settings(settings)
@@ -325,9 +349,10 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
         if not sub:
             raise UsageError(f"--set {key}=... names no executor option; use executor.<option>=VALUE")
         given_options[sub] = overrides.pop(key)
+    save_models = save_models_choice(overrides)  # which trained weights to keep: no part of a trial
     options = executor_options(chosen_executor, given_options)
     if trials is None:
-        trials = build_trials(datasets=chosen_datasets, backbones=backbone_names, strategies=chosen_strategies,
+        trials = build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
                               seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
                               registered_strategies=dict(plugins.strategies.items()))
     else:
@@ -343,7 +368,7 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     driver_device = pick_device(device) if in_process or getattr(chosen_executor, "same_machine", False) else None
     result = GridResult(trials=trials, executor=chosen_executor.name, executor_options=options,
                         device=str(driver_device) if driver_device is not None else (device or "auto"),
-                        results_dir=store.root)
+                        results_dir=store.root, left_out=names.left_out_lines())
     grid = _Grid(store, reporter, result, force, retry_failed, plugins, device, plugins.load_third_party)
     grid.warn = warn
 
@@ -376,7 +401,8 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     job_executor = {"name": chosen_executor.name, "options": options}
     jobs = [TrialJob(trial=trial.to_record(), device=device, versions=versions, third_party_plugins=grid.third_party,
                      command=command, cache_dir=os.environ.get("TLBENCH_CACHE_DIR") or None, progress=progress,
-                     executor=job_executor) for trial in pending]
+                     executor=job_executor, weights_dir=str(store.root.resolve()) if save_models != "none" else None)
+            for trial in pending]
     result.resume_command = command
     reporter.grid_started(result)
     session = ExecutionSession(grid, options)
@@ -399,6 +425,9 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
         finally:
             session.release_all()
 
+    if save_models == "best" and not (result.interrupted or result.aborted):  # a stopped grid prunes when resumed
+        for line in store.prune_weights_report():
+            reporter.message(line)
     keys = {t.key for t in trials}
     result.records = [r for r in store.records() if r.key in keys]
     have = {r.key for r in result.records}

@@ -277,14 +277,16 @@ def validation_score(records: Sequence[Any]) -> tuple[float | None, list[str]]:
 # ------------------------------------------------------------------------------------------------- the run
 @dataclass
 class TuneResult:
-    """The outcome of :func:`tune_grid`: the two grids (selection, then reporting), the sweeps written, and the
-    strategies that could not be selected (a configuration failed or has no record)."""
+    """The outcome of :func:`tune_grid`: the two grids (selection, then reporting), the sweeps written, the
+    strategies that could not be selected (a configuration failed or has no record), and those "every registered
+    strategy" left out because they need an optional package (they do not change the exit code)."""
 
     selection: Any
     reporting: Any | None = None
     sweeps: list[Sweep] = field(default_factory=list)
     not_selected: list[str] = field(default_factory=list)
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)  # strategies --all could not run here, each with the fix
 
     @property
     def grids(self) -> list[Any]:
@@ -346,9 +348,13 @@ def tune_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), dat
     check_seeds(first_seed, selection_seeds + seeds)
     reporter = reporter or Reporter()
     plugins = plugins if plugins is not None else Plugins()
-    chosen_strategies, backbone_names, chosen_datasets = resolve_names(plugins, strategies, backbones, datasets)
+    names = resolve_names(plugins, strategies, backbones, datasets)
+    chosen_strategies, backbone_names, chosen_datasets = names.strategies, names.backbones, names.datasets
+    result = TuneResult(selection=None, left_out=names.left_out_lines())
+    for line in result.left_out:
+        reporter.message(line)
     overrides = parse_settings(settings)
-    executor_settings = {k: v for k, v in overrides.items() if k.split(".", 1)[0] == "executor"}
+    executor_settings = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in ("executor", "save_models")}
     overrides = {k: v for k, v in overrides.items() if k not in executor_settings}
     registered = dict(plugins.strategies.items())
 
@@ -361,7 +367,6 @@ def tune_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), dat
     reporting_range = list(range(first_seed + selection_seeds, first_seed + selection_seeds + seeds))
 
     plans: list[dict[str, Any]] = []  # one per dataset x backbone x strategy
-    result = TuneResult(selection=None)
     for name, strategy in chosen_strategies:
         check_search_space(strategy)
         space, source = search_space(strategy)
