@@ -36,30 +36,22 @@ import torch
 from torch import nn
 
 from tlbench.records import Record, best_on_validation
+from tlbench.requirements import Extra, module_available
 from tlbench.types import Backbone, Preprocessing, UsageError
 
 FORMATS = ("timm", "torchscript", "onnx")
 FILES = {"timm": "model.safetensors", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 EXPORT_VERSION = 1
 ONNX_OPSET = 17
-ONNX_EXTRA = "export"  # pyproject extra with onnx + onnxruntime
-
-
-def install_hint(extra: str = ONNX_EXTRA) -> str:
-    try:
-        from tlbench.requirements import install_command
-    except ImportError:  # older checkouts: the plain command
-        return f"pip install 'tlbench[{extra}]'"
-    return install_command(extra)
+ONNX = {"onnx": Extra("export", "ONNX export and its onnxruntime check"),
+        "onnxruntime": Extra("export", "ONNX export and its onnxruntime check")}
 
 
 def require_onnx() -> None:
     """onnx and onnxruntime are optional: without them, one line with the install command."""
-    from importlib.util import find_spec
-
-    missing = [name for name in ("onnx", "onnxruntime") if find_spec(name) is None]
+    missing = [name for name in ONNX if not module_available(name)]
     if missing:
-        raise UsageError(f"--format onnx needs {' and '.join(missing)}: {install_hint()}")
+        raise UsageError(f"--format onnx needs {' and '.join(missing)}: {ONNX[missing[0]]}")
 
 
 # ------------------------------------------------------------------------------------------- finding records

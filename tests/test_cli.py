@@ -200,7 +200,7 @@ def documented_options():
 
 def test_help_lists_every_documented_option():
     documented = documented_options()
-    assert set(documented) == {"run", "list", "plugins", "leaderboard", "rerun", "report"}
+    assert set(documented) == {"run", "list", "plugins", "leaderboard", "rerun", "report", "export", "predict"}
     assert {"--all", "-s", "-b", "-d", "--seeds", "--seed", "--epochs", "--results-dir", "--force", "--retry-failed",
             "--device", "--compile", "--deterministic", "-q", "--set"} <= documented["run"]
     assert {"--format", "--dataset", "--wide", "--columns", "--vs"} <= documented["leaderboard"]

@@ -31,7 +31,7 @@ sudo apt-get install -y dataset-fashion-mnist      # the default dataset (Debian
 pip install -e . && tlbench run --all              # every strategy x default backbone, then the leaderboard
 ```
 """
-TEST_COMMAND = ('pip install -e ".[test,peft,report,ray,slurm,docs]" ./tests/example_plugin && '
+TEST_COMMAND = ('pip install -e ".[test,peft,report,ray,slurm,export,docs]" ./tests/example_plugin && '
                 'python -m pytest tests')
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
