@@ -75,3 +75,11 @@ def record_dict(key="0123456789abcdef0123", status="ok", strategy="full", seed=0
 @pytest.fixture
 def make_record():
     return record_dict
+
+
+def one_error_line(result) -> str:
+    """The one ``Error: ...`` line of a CLI result that exited 2 (bad input), checked to be exactly one line."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]

@@ -332,9 +332,15 @@ def test_protocol_page_documents_every_protocol_version_and_default():
 
 def test_results_pages_say_what_every_figure_needs():
     current = read("docs/results.md")
-    assert "<!-- current-results: filled in by the lead -->" in current
     for words in ("date", "lscpu", "command", "side by side"):
         assert words in current, words
+    figures = current.split("## Current figures", 1)[1].split("\n### ")[1:]
+    assert figures, "docs/results.md lists no current figure"
+    for section in figures:  # each figure: when, on which processor, with which command
+        title = section.splitlines()[0]
+        assert re.search(r"\b20\d\d-\d\d-\d\d\b", section), (title, "no date")
+        assert "lscpu" in section, (title, "no processor (lscpu's model name)")
+        assert re.search(r"`(tlbench|python -m pytest|python3 -m pytest) [^`]+`", section), (title, "no command")
     archive = read("docs/results-archive.md")
     assert "2026-11-28" in archive and "not recorded" in archive
 

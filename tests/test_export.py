@@ -16,25 +16,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import one_error_line
 from tlbench.cli import cli
 from tlbench.records import Record, best_on_validation
+from tlbench.registry import Plugins
 from tlbench.store import ResultStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-STRATEGIES = ("scratch", "frozen", "partial", "full", "discriminative-lr", "lp-ft", "llrd", "bitfit", "l2-sp",
-              "wise-ft", "lora")
+STRATEGIES = tuple(Plugins(load_third_party=False).strategies.names())  # every built-in, new ones too
 
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import one_error_line
 from tlbench.cli import cli
 from tlbench.plugins.synthetic import make_images
 from tlbench.store import ResultStore
@@ -24,13 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def write_split(folder: Path, count: int, seed: int) -> None:
