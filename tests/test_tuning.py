@@ -442,10 +442,22 @@ def test_bad_tuning_input_is_one_line_exit_2_and_nothing_written(tmp_path, monke
 
 
 def test_list_strategies_shows_each_search_space():
-    out = CliRunner().invoke(cli, ["list", "strategies"])
+    out = CliRunner().invoke(cli, ["list", "strategies", "--wide"])  # one line per strategy
     assert out.exit_code == 0 and "search space (--tune)" in out.output
     line = next(line for line in out.output.splitlines() if line.startswith("full "))
     assert "lr [3e-05, 0.0001, 0.0003, 0.001]" in line
+
+
+@pytest.mark.parametrize("columns", [100, 120, 160])
+def test_list_fits_the_terminal_and_wide_keeps_one_line_per_entry(columns):
+    fitted = CliRunner(env={"COLUMNS": str(columns)}).invoke(cli, ["list"]).output
+    assert max(len(line) for line in fitted.splitlines()) <= columns
+    wide = CliRunner(env={"COLUMNS": str(columns)}).invoke(cli, ["list", "--wide"]).output
+    assert max(len(line) for line in wide.splitlines()) > columns
+    for name in ("full", "lora", "ray", "imagefolder:<arg>"):  # nothing is lost by wrapping: each entry still listed
+        assert any(line.startswith(name + " ") for line in fitted.splitlines()), name
+    settings = [w for line in wide.splitlines() if line.startswith("full ") for w in line.split() if "=" in w]
+    assert settings and all(s.rstrip(",") in fitted for s in settings), "a setting is never split across lines"
 
 
 def test_a_sweep_killed_with_sigkill_mid_trial_resumes_without_redoing_finished_configurations(tmp_path,
