@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "tlbench.plugins.torchvision_backbones",
     "tlbench.plugins.efficientnet_lite",
     "tlbench.plugins.fashion_mnist",
+    "tlbench.plugins.digits",
     "tlbench.plugins.imagefolder",
     "tlbench.plugins.torchvision_datasets",
     "tlbench.plugins.synthetic",
