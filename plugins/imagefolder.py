@@ -14,9 +14,15 @@ left under transparent pixels; CMYK, palette, 1-bit and YCbCr are converted by P
 (the default) is the size the network needs when ``data.image_size`` says it (``image_size / 0.875``, or twice
 ``image_size`` with random crops; see :func:`tlbench.splits.storage_side_for`), at most 256 px, which is also the
 size used when the network's input size is the backbone's own.
+
+Files are decoded only as JPEG (including phones' multi-picture MPO files), PNG, BMP, GIF, TIFF, WebP or PBM/PGM/PPM
+(``ALLOWED_FORMATS``), told apart by their content, never by their name: Pillow is asked to try nothing else, so a
+PostScript/EPS file named ``photo.jpg``, which Pillow would hand to Ghostscript, or a PDF, or any other format is
+refused like an unreadable image (``on_bad_image``) and no external program ever runs.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlbench import ImageSplits, UsageError, hookimpl
 from tlbench.digests import digest_of, files_fingerprint
@@ -38,7 +44,17 @@ SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 BAD_IMAGE_POLICIES = ("fail", "skip")
 LARGEST_STORAGE = 256  # "auto" never stores larger (what 224 px networks need: 224 / 0.875)
-DECODER_VERSION = 1  # part of the fingerprint: bump when decoding (to_rgb8, decode_image_file) changes
+DECODER_VERSION = 2  # part of the fingerprint: bump when decoding (to_rgb8, decode_image_file) changes
+# What Pillow may decode, recognised by content: common formats it decodes itself. EPS/PS (which Pillow hands to
+# Ghostscript) and every other format, however harmless, are refused: a short list is a small attack surface.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # Pillow's names; JPEG opens MPO too
+REFUSED_SIGNATURES = {  # leading bytes -> what the file is, for the refusal message
+    b"%!PS": "PostScript/EPS", b"\xc5\xd0\xd3\xc6": "EPS (DOS binary)", b"%PDF": "PDF",
+}
+
+
+class RefusedImageFormat(ValueError):
+    """A file whose content is not one of :data:`ALLOWED_FORMATS` (whatever its name says)."""
 
 
 # ------------------------------------------------------------------------------------------ decoding to RGB
@@ -60,9 +76,38 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def open_image(path: Path) -> Image.Image:
+    """``Image.open`` limited to :data:`ALLOWED_FORMATS`, identified by content; anything else raises
+    :class:`RefusedImageFormat` with one line saying what the content is, before any decoder of it runs."""
+    try:
+        return Image.open(path, formats=_registered_formats())
+    except UnidentifiedImageError:
+        raise RefusedImageFormat(refusal_reason(path)) from None
+
+
+@functools.cache
+def _registered_formats() -> tuple[str, ...]:
+    """The allowed formats this Pillow has a decoder for (a Pillow built without libwebp has no WEBP; naming a
+    format it lacks is a KeyError in ``Image.open``)."""
+    Image.init()
+    return tuple(name for name in ALLOWED_FORMATS if name in Image.OPEN)
+
+
+def refusal_reason(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    kind = next((name for signature, name in REFUSED_SIGNATURES.items() if head.startswith(signature)), None)
+    allowed = ", ".join(ALLOWED_FORMATS)
+    if kind:
+        return (f"its content is {kind}, refused whatever the file name says: tlbench decodes only {allowed}, never "
+                f"a format that runs an external program")
+    return f"its content is none of the image formats tlbench decodes ({allowed}), whatever the file name says"
+
+
 def decode_image_file(path: Path, storage_size: int | None) -> np.ndarray:
-    """One image file as (H, W, 3) uint8 at the storage size. Raises on files that are not images or are cut off."""
-    with Image.open(path) as image:
+    """One image file as (H, W, 3) uint8 at the storage size. Raises on files that are not images in one of
+    :data:`ALLOWED_FORMATS` (by content) or are cut off."""
+    with open_image(path) as image:
         if storage_size:  # JPEG: let the decoder scale down by 2/4/8 while staying >= the storage size (fast)
             image.draft(None, (storage_size, storage_size))
         image.load()
