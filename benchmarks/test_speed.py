@@ -59,7 +59,7 @@ def test_train_step_overhead(benchmark, plugins, fmnist, lesson, report):
     The first pair of every call is not timed (optimizer state is created there). Goal: harness/bare <= 1.05."""
     from tlbench.freeze import apply_plan
     from tlbench.plan import PROTOCOL_DEFAULTS
-    from tlbench.trainer import Split, fit
+    from tlbench.trainer import FitRun, Split, fit
 
     torch.manual_seed(SEED)
     backbone = plugins.backbones.get("efficientnet_lite0").build(None, NUM_CLASSES, pretrained=True)
@@ -103,8 +103,8 @@ def test_train_step_overhead(benchmark, plugins, fmnist, lesson, report):
             callback_seconds += left - entered
 
         start = time.perf_counter()
-        fit(model, train, val, applied.optimizer_groups, protocol, device=CPU,
-            generator=torch.Generator().manual_seed(index), num_classes=NUM_CLASSES, progress=after_harness_step)
+        fit(model, train, val, applied.optimizer_groups, protocol,
+            run=FitRun(CPU, torch.Generator().manual_seed(index), NUM_CLASSES, progress=after_harness_step))
         wall = time.perf_counter() - start
         assert len(harness_steps) == len(bare_steps) == STEPS_PER_ROUND - 1
         return {"harness": harness_steps, "bare": bare_steps, "wall": wall, "callbacks": callback_seconds}

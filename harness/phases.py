@@ -8,7 +8,7 @@ and the test pass. The model carries over from phase to phase as it ended (the l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -18,8 +18,8 @@ from tlbench.freeze import AppliedPhase, apply_phase, describe, recalibrate_batc
 from tlbench.measure import train_step_flops
 from tlbench.prefix_cache import CachedPrefix, PrefixPlan, plan_prefix
 from tlbench.preprocess import DevicePreprocessor
-from tlbench.trainer import (BestEpoch, Evaluation, FitResult, ScheduleSpan, Split, autocast_context, evaluate,
-                             fit)
+from tlbench.trainer import (BestEpoch, Evaluation, FitPhase, FitResult, FitRun, ScheduleSpan, Split,
+                             autocast_context, evaluate, fit)
 from tlbench.types import Backbone, ImageSplits, TrainingContext, TrainPlan, UsageError
 
 
@@ -95,18 +95,48 @@ def apply_surgery(backbone: Backbone, plan: TrainPlan) -> tuple[dict[str, str], 
     return regroup_after_surgery(backbone.model, group_by_id), dict(record or {})
 
 
-def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surgery: Mapping[str, Any] | None,
-             model: nn.Module, train_model: Callable[[torch.Tensor], torch.Tensor], prep: DevicePreprocessor,
-             splits: ImageSplits, protocol: Mapping[str, Any], *, device: torch.device,
-             generator: torch.Generator, features: Callable[[tuple[str, ...]], CachedFeatures],
-             progress: Callable[[int], None],
-             prefix: Callable[[PrefixPlan, tuple[str, ...]], CachedPrefix] | None = None,
-             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> PlanOutcome:
+@dataclass
+class BuiltTrial:
+    """One trial as the runner built it, ready for :func:`run_plan`: the strategy's plan, the backbone after
+    surgery (``group_of`` maps every parameter to its group; ``surgery`` is what the surgery recorded), ``model``
+    on the device and ``train_model`` (the same model, compiled when the protocol says so), the on-device
+    preprocessing, the trial's splits and its resolved protocol."""
+
+    plan: TrainPlan
+    backbone: Backbone
+    group_of: dict[str, str]
+    surgery: Mapping[str, Any] | None
+    model: nn.Module
+    train_model: Callable[[torch.Tensor], torch.Tensor]
+    prep: DevicePreprocessor
+    splits: ImageSplits
+    protocol: Mapping[str, Any]
+
+
+@dataclass
+class PlanServices:
+    """What the runner serves :func:`run_plan` beyond the trial: ``features`` makes (or fetches) the pooled
+    features of the splits asked for; ``prefix`` serves the frozen-prefix cache (:mod:`tlbench.prefix_cache`;
+    None: every phase that trains more than the head runs end to end); ``progress`` gets the number of training
+    steps just taken; ``on_epoch`` gets each epoch's history entry with ``images_per_s`` and the trial's total
+    ``epochs`` (the progress lines)."""
+
+    features: Callable[[tuple[str, ...]], CachedFeatures]
+    progress: Callable[[int], None] = lambda n: None
+    prefix: Callable[[PrefixPlan, tuple[str, ...]], CachedPrefix] | None = None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+
+def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
+             generator: torch.Generator) -> PlanOutcome:
     """Train the phases, restore the best epoch, run the after-training step, score the test split once.
 
-    ``prefix`` serves the frozen-prefix cache (:mod:`tlbench.prefix_cache`; None: every phase that trains more
-    than the head runs end to end); ``on_epoch`` gets each epoch's history entry with ``images_per_s`` and the
-    trial's total ``epochs`` (the progress lines)."""
+    ``generator`` is the trial's (batch order, augmentation); ``services`` are the caches and callbacks the runner
+    serves."""
+    plan, backbone, group_of, surgery = trial.plan, trial.backbone, trial.group_of, trial.surgery
+    model, train_model, prep, splits, protocol = (trial.model, trial.train_model, trial.prep, trial.splits,
+                                                  trial.protocol)
+    features, prefix, on_epoch = services.features, services.prefix, services.on_epoch
     phases = plan.all_phases()
     num_classes = len(splits.classes)
     steps_per_epoch = max(1, len(splits.train_labels) // protocol["batch_size"])
@@ -132,6 +162,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
     shown_phase = (lambda entry: entry.get("phase")) if len(phases) > 1 else (lambda entry: None)
     epoch_hook = (lambda entry: on_epoch({**entry, "epochs": total_epochs, "phase": shown_phase(entry)})
                   ) if on_epoch else None
+    run = FitRun(device, generator, num_classes, services.progress, epoch_hook)
     for index, phase in enumerate(phases):
         label = phase.name or str(index + 1)  # how the history and the record name this phase
         applied = apply_phase(model, group_of, backbone.group_names, phase, protocol["weight_decay"])
@@ -146,9 +177,8 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
             span = ScheduleSpan(steps_per_epoch * sum(epochs[index:index + continuing]))
         on_features = bool(protocol["feature_cache"]) and applied.head_only and prep.augment == "none" \
             and not backbone_changed
-        common = dict(device=device, generator=generator, num_classes=num_classes, progress=progress,
-                      epochs=epochs[index], best=best, snapshot=model, selectable=phase.selectable,
-                      first_epoch=first_epoch, phase=label, span=span, loss_term=loss_term, on_epoch=epoch_hook)
+        fitting = FitPhase(epochs=epochs[index], first_epoch=first_epoch, selectable=phase.selectable, label=label,
+                           span=span, best=best, snapshot=model, loss_term=loss_term)
         prefix_plan, prefix_record = None, None
         if not on_features:
             prefix_plan, prefix_record = _prefix_decision(model, applied, trained_before, prep, splits, protocol,
@@ -160,7 +190,7 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
             feature_seconds = (feature_seconds or 0.0) + cached.seconds
             result = fit(backbone.head, _feature_split(cached.splits["train"], splits.train_labels),
                          _feature_split(cached.splits["val"], splits.val_labels), applied.optimizer_groups, protocol,
-                         best_tag=True, **common)
+                         run=run, phase=replace(fitting, best_tag=True))
             flops = train_step_flops(backbone.head, cached.splits["val"][:2], num_classes) / 2
         elif prefix_plan is not None and prefix is not None:
             cached_prefix = prefix(prefix_plan, ("train", "val"))
@@ -169,17 +199,17 @@ def run_plan(plan: TrainPlan, backbone: Backbone, group_of: dict[str, str], surg
             prefix_record |= {"seconds": cached_prefix.seconds, "cache_mib": cached_prefix.mib}
             suffix = torch.compile(prefix_plan.suffix) if protocol["compile"] else prefix_plan.suffix
             activations = cached_prefix.splits
+            recalibrate = _recalibration(applied, suffix, prep, splits, protocol, images=activations["train"],
+                                         prepare=lambda x: x)
             result = fit(suffix, _cached_split(activations["train"], splits.train_labels, prep.channels_last),
                          _cached_split(activations["val"], splits.val_labels, prep.channels_last),
-                         applied.optimizer_groups, protocol,
-                         before_eval=_recalibration(applied, suffix, prep, splits, protocol,
-                                                    images=activations["train"], prepare=lambda x: x),
-                         best_tag=prefix_plan, **common)
+                         applied.optimizer_groups, protocol, run=run,
+                         phase=replace(fitting, best_tag=prefix_plan, before_eval=recalibrate))
             flops = train_step_flops(prefix_plan.suffix, activations["val"][:2], num_classes) / 2
         else:
-            result = fit(train_model, train, val, applied.optimizer_groups, protocol,
-                         before_eval=_recalibration(applied, train_model, prep, splits, protocol),
-                         best_tag=False, **common)
+            recalibrate = _recalibration(applied, train_model, prep, splits, protocol)
+            result = fit(train_model, train, val, applied.optimizer_groups, protocol, run=run,
+                         phase=replace(fitting, best_tag=False, before_eval=recalibrate))
             flops = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
         backbone_changed |= not applied.head_only
         first_epoch += epochs[index]

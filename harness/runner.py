@@ -20,7 +20,7 @@ from tlbench.devices import pick_device  # noqa: F401  (moved there; kept import
 from tlbench.freeze import check_phases, describe
 from tlbench.head_init import final_linear, init_head
 from tlbench.measure import FLOPS_METHOD, PeakMemory, Stopwatch, environment, forward_flops
-from tlbench.phases import CachedFeatures, apply_surgery, run_plan
+from tlbench.phases import BuiltTrial, CachedFeatures, PlanServices, apply_surgery, run_plan
 from tlbench.plan import Trial, strategy_plan
 from tlbench.prefix_cache import PrefixCache, serve
 from tlbench.preprocess import DevicePreprocessor
@@ -206,9 +206,8 @@ class TrialRunner:
             total_steps = steps_per_epoch * sum(p.resolved_epochs(protocol["epochs"]) for p in plan.all_phases())
             bar = self.progress(_trial_label(trial), total_steps) if self.progress else nullcontext(None)
             with bar as progress_bar:
-                outcome = run_plan(
-                    plan, backbone, group_of, surgery, model, train_model, prep, splits, protocol,
-                    device=self.device, generator=generator,
+                built = BuiltTrial(plan, backbone, group_of, surgery, model, train_model, prep, splits, protocol)
+                services = PlanServices(
                     features=lambda needed: self._features(trial, protocol, backbone, prep, splits,
                                                            surgery is not None, needed),
                     progress=progress_bar.update if progress_bar is not None else (lambda n: None),
@@ -219,6 +218,7 @@ class TrialRunner:
                                  splits, prep.eval, protocol, self.device,
                                  autocast_context(self.device, protocol["amp"])),
                     on_epoch=getattr(progress_bar, "epoch", None))
+                outcome = run_plan(built, services, device=self.device, generator=generator)
 
         saved_model = self._save_weights(trial, model) if self.weights_dir else None
         fwd_flops = forward_flops(model, prep.eval(splits.val_images[:1]))

@@ -243,30 +243,64 @@ class ScheduleSpan:
     optimizer: torch.optim.Optimizer | None = None
 
 
+@dataclass
+class FitRun:
+    """What every phase of one trial's training shares: the device, the trial's random generator (batch order and
+    augmentation), the number of classes, and the callbacks that report progress (``progress`` gets the number of
+    training steps just taken; ``on_epoch`` each epoch's history entry plus ``images_per_s``)."""
+
+    device: torch.device
+    generator: torch.Generator
+    num_classes: int
+    progress: Callable[[int], None] = lambda n: None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class FitPhase:
+    """How one phase is fitted: the per-phase training options ``fit`` takes (the defaults: one phase on its own).
+
+    ``epochs`` (None: ``protocol['epochs']``) are numbered from ``first_epoch``; ``label`` names the phase in each
+    history entry ("" leaves the name out). Every epoch is scored on validation; when the phase is ``selectable``
+    its weights are offered to ``best`` (a :class:`BestEpoch` shared across phases; None: this phase's own), taken
+    from ``snapshot`` (None: the model trained) and tagged ``best_tag``. ``span`` places the phase in its LR
+    schedule (None: a schedule of its own). ``loss_term()`` is added to the task loss at every step, in float32
+    outside autocast. ``before_eval`` runs before each validation pass (BatchNorm recalibration), which scores
+    ``eval_model`` (None: the model trained)."""
+
+    epochs: int | None = None
+    first_epoch: int = 1
+    selectable: bool = True
+    label: str = ""
+    span: ScheduleSpan | None = None
+    best: BestEpoch | None = None
+    snapshot: nn.Module | None = None
+    best_tag: Any = None
+    loss_term: Callable[[], torch.Tensor] | None = None
+    before_eval: Callable[[], None] = lambda: None
+    eval_model: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
 def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[str, Any]],
-        protocol: Mapping[str, Any], *, device: torch.device, generator: torch.Generator, num_classes: int,
-        before_eval: Callable[[], None] = lambda: None,
-        eval_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        progress: Callable[[int], None] = lambda n: None,
-        epochs: int | None = None, best: BestEpoch | None = None, snapshot: nn.Module | None = None,
-        selectable: bool = True, first_epoch: int = 1, phase: str = "", best_tag: Any = None,
-        span: ScheduleSpan | None = None, loss_term: Callable[[], torch.Tensor] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-    """Train ``model`` for ``epochs`` (default ``protocol['epochs']``); after each epoch run ``before_eval``
-    (BatchNorm recalibration), score the validation split, and offer the weights to ``best`` (earliest best epoch
-    wins; epochs of a phase that is not ``selectable`` are scored and logged only). ``loss_term()`` is added to the
-    task loss at every step, in float32 outside autocast. Epochs are numbered from ``first_epoch``. ``on_epoch``
-    gets each epoch's history entry plus ``images_per_s`` (that epoch's training images per second)."""
-    epochs = protocol["epochs"] if epochs is None else epochs
+        protocol: Mapping[str, Any], *, run: FitRun, phase: FitPhase | None = None) -> FitResult:
+    """Train ``model`` for the phase's epochs; after each epoch run ``phase.before_eval``, score the validation
+    split, and offer the weights to ``phase.best`` (earliest best epoch wins; epochs of a phase that is not
+    ``selectable`` are scored and logged only). ``run`` is what every phase of the trial shares (device, generator,
+    classes, progress callbacks); ``run.on_epoch`` gets each epoch's history entry plus ``images_per_s`` (that
+    epoch's training images per second)."""
+    phase = phase if phase is not None else FitPhase()
+    device, generator, num_classes = run.device, run.generator, run.num_classes
+    epochs = protocol["epochs"] if phase.epochs is None else phase.epochs
+    best = phase.best if phase.best is not None else BestEpoch()
+    snapshot = phase.snapshot if phase.snapshot is not None else model
+    loss_term = phase.loss_term
     batch_size = protocol["batch_size"]
-    best = best if best is not None else BestEpoch()
-    snapshot = snapshot if snapshot is not None else model
     autocast = autocast_context(device, protocol["amp"])
     scaler = torch.amp.GradScaler(device.type) if resolve_amp(device, protocol["amp"]) == "fp16" else None
     optimizer = torch.optim.AdamW(optimizer_groups, lr=optimizer_groups[0]["lr"])
     # Full batches only (as timm's loaders do): a last batch of one image breaks BatchNorm in train mode.
     steps_per_epoch = max(1, len(train) // batch_size)
-    span = span or ScheduleSpan(epochs * steps_per_epoch)
+    span = phase.span or ScheduleSpan(epochs * steps_per_epoch)
     if span.optimizer is not None:  # the phase continues the previous one: Adam moments carry over
         for group in span.optimizer.param_groups:
             for param in group["params"]:
@@ -276,7 +310,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
     factor, offset = lr_lambda(span.total_steps, warmup, protocol["schedule"]), span.offset
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step + offset))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=protocol["label_smoothing"])
-    eval_model = eval_model or model
+    eval_model = phase.eval_model or model
     warmup = warm_up(model, train, val, batch_size, resolve_eval_batch_size(device, protocol["eval_batch_size"]),
                      device, autocast)
 
@@ -284,7 +318,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
     phase_best: tuple[float, int] = (-1.0, 0)
     phase_best_eval: Evaluation | None = None
     timed_seconds, timed_images, train_seconds, val_seconds, step = 0.0, 0, 0.0, 0.0, 0
-    for epoch in range(first_epoch, first_epoch + epochs):
+    for epoch in range(phase.first_epoch, phase.first_epoch + epochs):
         model.train()
         order = torch.randperm(len(train), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -318,7 +352,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
                 timed_from = time.perf_counter()
             elif timed_from is not None:
                 images_after_warmup += len(y)
-            progress(1)
+            run.progress(1)
         synchronize(device)
         epoch_end = time.perf_counter()
         train_seconds += epoch_end - epoch_start
@@ -330,26 +364,26 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
             raise TrialDiverged(f"training loss became {mean_loss} in epoch {epoch}; lower the learning rate")
 
         model.eval()
-        before_eval()
+        phase.before_eval()
         result = evaluate(eval_model, val, resolve_eval_batch_size(device, protocol["eval_batch_size"]), device,
                           autocast, num_classes)
         val_seconds += result.seconds
         entry = {"epoch": epoch, "train_loss": mean_loss, "val_top1": result.top1, "val_top5": result.top5,
                  "lr": optimizer.param_groups[0]["lr"]}
-        if phase:
-            entry["phase"] = phase
+        if phase.label:
+            entry["phase"] = phase.label
         if loss_term is not None:
             entry["loss_term"] = (term_sum / steps_per_epoch).item()
         history.append(entry)
-        if on_epoch is not None:
-            on_epoch({**entry, "images_per_s": steps_per_epoch * batch_size / max(epoch_end - epoch_start, 1e-9)})
+        if run.on_epoch is not None:
+            run.on_epoch({**entry, "images_per_s": steps_per_epoch * batch_size / max(epoch_end - epoch_start, 1e-9)})
         diverged = finite_divergence(history, num_classes, len(val))  # the rule: tlbench.divergence
         if diverged:
             raise TrialDiverged(diverged)
         if result.top1 > phase_best[0]:
             phase_best, phase_best_eval = (result.top1, epoch), result
-        if selectable:
-            best.offer(epoch, result, snapshot, best_tag)
+        if phase.selectable:
+            best.offer(epoch, result, snapshot, phase.best_tag)
     assert phase_best_eval is not None
     span.optimizer, span.offset = optimizer, span.offset + step
     return FitResult(best_epoch=best.epoch if best.evaluation else phase_best[1],

@@ -183,7 +183,7 @@ def test_frozen_timm_backbone_stays_bit_identical_through_the_real_training_loop
     """timm's BatchNormAct2d layers, the harness's own loop (which calls .train() every epoch), no feature cache."""
     from tlbench.plan import PROTOCOL_DEFAULTS
     from tlbench.plugins.timm_backbones import TimmBackbones
-    from tlbench.trainer import Split, fit
+    from tlbench.trainer import FitRun, Split, fit
 
     torch.manual_seed(0)
     backbone = TimmBackbones().build(f"test_efficientnet@{tiny_weights}", 3, pretrained=True)
@@ -195,8 +195,8 @@ def test_frozen_timm_backbone_stays_bit_identical_through_the_real_training_loop
     images, labels = torch.randn(24, 3, 32, 32), torch.arange(24) % 3
     split = Split(images, labels, lambda x, g: x, lambda x: x)
     protocol = {**PROTOCOL_DEFAULTS, "epochs": 2, "batch_size": 8}
-    fit(backbone.model, split, split, applied.optimizer_groups, protocol, device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0), num_classes=3)
+    fit(backbone.model, split, split, applied.optimizer_groups, protocol,
+        run=FitRun(torch.device("cpu"), torch.Generator().manual_seed(0), num_classes=3))
     after = backbone.model.state_dict()
     for key, value in frozen_state.items():
         assert torch.equal(after[key], value), key

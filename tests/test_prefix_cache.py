@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tlbench import Phase, TrainPlan
 from tlbench.cli import cli
-from tlbench.phases import apply_surgery, run_plan
+from tlbench.phases import BuiltTrial, PlanServices, apply_surgery, run_plan
 from tlbench.plan import PROTOCOL_DEFAULTS
 from tlbench.plugins.synthetic import make_images
 from tlbench.plugins.timm_backbones import TimmBackbones
@@ -42,9 +42,9 @@ def _train(backbone, plan, data, cache: PrefixCache | None, budget=64, augment="
     prep = DevicePreprocessor(backbone.preprocessing.resized(32), augment)
     prefix = serve(cache, ["test"], data, prep.eval, protocol, CPU, NO_AUTOCAST) if cache is not None else None
     torch.manual_seed(0)
-    return run_plan(plan, backbone, group_of, surgery, backbone.model, backbone.model, prep, data, protocol,
-                    device=CPU, generator=torch.Generator().manual_seed(0), features=None,
-                    progress=lambda n: None, prefix=prefix)
+    trial = BuiltTrial(plan, backbone, group_of, surgery, backbone.model, backbone.model, prep, data, protocol)
+    return run_plan(trial, PlanServices(features=None, prefix=prefix), device=CPU,
+                    generator=torch.Generator().manual_seed(0))
 
 
 def _suffix_plan(group_names, batchnorm="frozen"):

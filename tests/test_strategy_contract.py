@@ -13,7 +13,7 @@ import tlbench.phases
 from tlbench import Phase, Strategy, TrainingContext, TrainPlan, UsageError, hookimpl
 from tlbench.cli import cli
 from tlbench.freeze import apply_phase
-from tlbench.phases import apply_surgery, run_plan
+from tlbench.phases import BuiltTrial, PlanServices, apply_surgery, run_plan
 from tlbench.plan import PROTOCOL_DEFAULTS
 from tlbench.plugins.bitfit import BitFit
 from tlbench.plugins.l2_sp import L2SP, StartingPointPenalty
@@ -54,9 +54,8 @@ def train(backbone, plan, epochs=2, protocol=None, data=None, feature_cache=True
                                     lambda: torch.autocast("cpu", enabled=False))[0] for s in needed}
         return tlbench.phases.CachedFeatures(made, None, 0.0)
 
-    return run_plan(plan, backbone, group_of, surgery, backbone.model, backbone.model, prep, data, protocol,
-                    device=CPU, generator=torch.Generator().manual_seed(0), features=features,
-                    progress=lambda n: None)
+    trial = BuiltTrial(plan, backbone, group_of, surgery, backbone.model, backbone.model, prep, data, protocol)
+    return run_plan(trial, PlanServices(features), device=CPU, generator=torch.Generator().manual_seed(0))
 
 
 def state(module):
@@ -100,9 +99,9 @@ def test_lp_ft_probe_leaves_the_backbone_and_fine_tuning_starts_from_the_probed_
     real_fit = tlbench.phases.fit
 
     def recording_fit(model, *args, **kwargs):
-        seen.append(("start", kwargs["phase"], state(backbone.model)))
+        seen.append(("start", kwargs["phase"].label, state(backbone.model)))
         result = real_fit(model, *args, **kwargs)
-        seen.append(("end", kwargs["phase"], state(backbone.model)))
+        seen.append(("end", kwargs["phase"].label, state(backbone.model)))
         return result
 
     monkeypatch.setattr(tlbench.phases, "fit", recording_fit)
