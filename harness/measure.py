@@ -9,6 +9,7 @@ import resource
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +128,41 @@ def conv_forward_flop_count(x_shape: Any, w_shape: Any, out_shape: Any, transpos
     return count
 
 
-def conv_backward_flop(grad_out_shape: Any, x_shape: Any, w_shape: Any, _bias: Any, _stride: Any, _padding: Any,
-                       _dilation: Any, transposed: bool, _output_padding: Any, _groups: Any, output_mask: Any,
-                       out_shape: Any = None, **kwargs: Any) -> int:
-    """aten.convolution_backward: grad input and grad weight each take exactly the forward's multiply-adds
-    (grad input is the transposed convolution of grad_out with the same weight; grad weight correlates the input
-    with grad_out, group by group). torch's own formula computes grad weight as a convolution whose "input
-    channels" are the batch, over all C_in x C_out channel pairs, which counts a grouped convolution ``groups``
-    times (a depthwise one: C times) too much."""
-    output_spatial = x_shape if transposed else grad_out_shape  # the positions the forward's taps run over
-    forward = conv_forward_flop_count(x_shape, w_shape, [x_shape[0], 0, *list(output_spatial)[2:]], transposed)
-    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+@dataclass(frozen=True)
+class ConvolutionBackward:
+    """One ``aten.convolution_backward`` call as torch's FLOP counter passes it (tensors as their shapes), its
+    arguments named and ordered as in the op's schema."""
+
+    grad_output: Any
+    input: Any
+    weight: Any
+    bias_sizes: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    transposed: bool
+    output_padding: Any
+    groups: Any
+    output_mask: Any
+
+    def flops(self) -> int:
+        """Grad input and grad weight each take exactly the forward's multiply-adds (grad input is the transposed
+        convolution of grad_out with the same weight; grad weight correlates the input with grad_out, group by
+        group). torch's own formula computes grad weight as a convolution whose "input channels" are the batch,
+        over all C_in x C_out channel pairs, which counts a grouped convolution ``groups`` times (a depthwise one:
+        C times) too much."""
+        x_shape, w_shape = self.input, self.weight
+        output_spatial = x_shape if self.transposed else self.grad_output  # the positions the forward's taps run over
+        forward = conv_forward_flop_count(x_shape, w_shape, [x_shape[0], 0, *list(output_spatial)[2:]],
+                                          self.transposed)
+        return forward * (int(bool(self.output_mask[0])) + int(bool(self.output_mask[1])))
+
+
+def conv_backward_flop(*args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """The FLOP formula for aten.convolution_backward in torch.utils.flop_counter's calling convention: the op's
+    arguments as it was called (``args``, ``kwargs``: :class:`ConvolutionBackward`'s fields) and its outputs'
+    shapes (``out_shape``, not needed)."""
+    return ConvolutionBackward(*args, **kwargs).flops()
 
 
 FLOP_FORMULAS = {torch.ops.aten.convolution_backward: conv_backward_flop}
