@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -254,8 +255,7 @@ def cpu_model_name() -> str:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    import timm
-    import torchvision
+    import timm  # deferred: heavy (~0.7 s), only for the environment record; `import tlbench` does not load it
 
     import tlbench
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torchvision
 from torch import nn
 
 from tlbench.measure import Stopwatch, forward_flops
@@ -62,8 +63,6 @@ def model_split(model: nn.Module) -> ModelSplit | None:
     layers = [f"layer{i}" for i in range(1, 5)]
     if timm_like and _has(model, "conv1", "bn1", "act1", "maxpool", *layers) and kind.__name__ == "ResNet":
         return ModelSplit(f"timm {kind.__name__}", ["conv1", "bn1", "act1", "maxpool", *layers], _timm_head)
-    import torchvision
-
     if isinstance(model, torchvision.models.ResNet):
         return ModelSplit("torchvision ResNet", ["conv1", "bn1", "relu", "maxpool", *layers],
                           _torchvision_resnet_head)
