@@ -132,12 +132,11 @@ _SETTINGS_OF: dict[str, dict[str, Any]] = {}  # trial key -> the settings make_t
 def make_trials(plugins):
     """``make_trials(dataset, strategy, **overrides)`` -> tlbench Trials, exactly as ``tlbench run`` builds them."""
     from tlbench.plan import build_trials
-    from tlbench.runner import resolve
 
     def make(dataset: str, strategy: str, backbone: str = "efficientnet_lite0", seed: int = SEED,
              **overrides: Any):
         hint = plugins.failure_hint()
-        trials = build_trials(datasets=[(dataset, resolve(plugins.datasets, dataset, hint)[0])],
+        trials = build_trials(datasets=[(dataset, plugins.datasets.resolve(dataset, hint)[0])],
                               backbones=[backbone], strategies=[(strategy, plugins.strategies.get(strategy, hint))],
                               seeds=[seed], overrides=overrides, registered_strategies=plugins.strategies.names())
         for trial in trials:
@@ -152,13 +151,14 @@ def run_trial(plugins, tmp_path):
     — the library call ``tlbench run`` makes — into a fresh results folder. Each call is a fresh grid: a fresh
     worker with an empty feature cache, so feature extraction is paid; the data is decoded by the grid's pre-run
     check before the trial's clock starts, as a plain loop has its data in memory before timing."""
-    from tlbench import run_grid
+    from tlbench import RunSpec, run_grid
 
     def run(trial: Any) -> tuple[dict[str, Any], float]:
         results = tmp_path / f"results-{len(list(tmp_path.glob('results-*')))}"
-        outcome = run_grid([trial.strategy], [trial.backbone], [trial.dataset], first_seed=trial.seed,
-                           settings=_SETTINGS_OF[trial.key], results_dir=results, device="cpu", progress="off",
-                           plugins=plugins, command="benchmarks")
+        spec = RunSpec(strategies=[trial.strategy], backbones=[trial.backbone], datasets=[trial.dataset],
+                       first_seed=trial.seed, settings=_SETTINGS_OF[trial.key], results_dir=results, device="cpu",
+                       progress="off", command="benchmarks")
+        outcome = run_grid(spec, plugins=plugins)
         (record,) = outcome.records
         assert record.key == trial.key and record.ok, record.error
         return record.to_json_dict(), record.metrics.wall_s

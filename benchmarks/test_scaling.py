@@ -17,15 +17,15 @@ EXECUTORS = {"local": [], "process": ["executor.workers=2"], "ray": ["executor.w
 
 def test_executors_wall_time_and_overhead(benchmark, report, tmp_path):
     pytest.importorskip("ray", reason="pip install 'tlbench[ray]'")
-    from tlbench import run_grid
+    from tlbench import RunSpec, run_grid
 
     outcomes = {}
 
     def measure():
         for name, options in EXECUTORS.items():
             start = time.perf_counter()
-            result = run_grid(**{**GRID, "settings": GRID["settings"] + options}, results_dir=tmp_path / name,
-                              executor=name, device="cpu", progress="off")
+            result = run_grid(RunSpec(**{**GRID, "settings": GRID["settings"] + options},
+                                      results_dir=tmp_path / name, executor=name, device="cpu", progress="off"))
             outcomes[name] = (time.perf_counter() - start, result)
         return outcomes
 

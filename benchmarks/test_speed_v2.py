@@ -270,12 +270,12 @@ ORDER_ROUNDS = int(os.environ.get("TLBENCH_BENCH_ORDER_ROUNDS", "3"))
 
 _ORDER_SCRIPT = r"""
 import json, sys
-from tlbench import run_grid
+from tlbench import RunSpec, run_grid
 results, strategy, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 figures = []
 for name, again in [(strategy, False), ("frozen", False), ("bitfit", False), (strategy, True)]:
-    grid = run_grid([name], settings=[f"epochs={epochs}"], results_dir=results, device="cpu", progress="off",
-                    force=again)
+    grid = run_grid(RunSpec(strategies=[name], settings=[f"epochs={epochs}"], results_dir=results, device="cpu",
+                            progress="off", redo="all" if again else "none"))
     (record,) = grid.records
     assert record.ok, record.error
     figures.append(record.metrics.train_images_per_s)

@@ -11,16 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tabulate import tabulate
 
+from tlbench import export as exporting
+from tlbench.errors import one_line
+from tlbench.export import load_export
+from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET, run_grid
+from tlbench.interrupts import GridInterrupted, on_sigterm
+from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, render
+from tlbench.predict import find_images, predict as run_predict, render as render_predictions
+from tlbench.progress import make_progress
+from tlbench.registry import Plugins
+from tlbench.report import write_report
+from tlbench.rerun import other_processor, rerun_spec
+from tlbench.search_space import search_space
+from tlbench.spec import DEFAULT_BUDGET, RunSpec, TuneSpec
+from tlbench.store import ResultStore, default_results_dir
+from tlbench.tuning import tune_grid
 from tlbench.types import UsageError
 
-from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET, GridInterrupted
 LIST_KINDS = ("strategies", "backbones", "datasets", "executors")
 
 
 def _plugins():
-    from tlbench.registry import Plugins
-
     return Plugins()
 
 
@@ -34,10 +47,6 @@ def _fail(message: str) -> None:
     raise BadInput(message)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
 def _parse_error(exc: click.UsageError) -> click.ClickException:
     """Click's own parse errors (unknown option, bad value, bad choice, missing or extra argument, unknown command)
     as one line: click's message, with its "did you mean" suggestion, plus where help is; exit code 2. Click would
@@ -48,7 +57,7 @@ def _parse_error(exc: click.UsageError) -> click.ClickException:
     ctx = exc.ctx
     if ctx is not None and ctx.help_option_names:
         hint = f" (see '{ctx.command_path} {ctx.help_option_names[-1]}')"
-    return BadInput(_one_line(exc.format_message()) + hint)
+    return BadInput(one_line(exc.format_message()) + hint)
 
 
 class _ParseErrorsKnowTheirCommand:
@@ -84,7 +93,7 @@ class TlbenchGroup(_ParseErrorsKnowTheirCommand, click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as exc:  # one line, even when it quotes a multi-line message (e.g. pluggy's)
-            raise BadInput(_one_line(str(exc))) from None
+            raise BadInput(one_line(str(exc))) from None
         except click.UsageError as exc:  # a subcommand's parse errors, and unknown commands
             raise _parse_error(exc) from None
         except (KeyboardInterrupt, GridInterrupted) as exc:  # outside a grid's trials: before or after them
@@ -145,8 +154,6 @@ class _PrintingReporter:
 
 
 def _progress_factory(quiet: bool):
-    from tlbench.progress import make_progress
-
     return make_progress("off" if quiet else "auto")
 
 
@@ -156,7 +163,7 @@ def _warn_line(message: str) -> None:
 
 def _trial_line(record: Any) -> str:
     trial, metrics = record.trial, record.metrics
-    where = f"{trial.dataset} / {trial.backbone} / {trial.label} / seed {trial.seed}"
+    where = trial.title
     if not record.ok:
         return f"{record.status.upper():>8}  {where}: {record.error or ''}"
     return (f"      ok  {where}: val {100 * metrics.val_top1:.1f}%  test {100 * metrics.test_top1:.1f}%  "
@@ -222,42 +229,47 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
     The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command
-    parses, prints and sets the exit code.
+    builds the run's :class:`tlbench.RunSpec` from its options, prints and sets the exit code.
     """
-    from tlbench.grid import run_grid
-    from tlbench.leaderboard import render
-    from tlbench.plan import parse_overrides
-    from tlbench.tuning import DEFAULT_BUDGET, tune_grid
+    spec, tuning = spec_from_options(click.get_current_context().params)
+    _execute(spec, tuning, fmt)
 
+
+def spec_from_options(options: dict[str, Any]) -> tuple[RunSpec, TuneSpec | None]:
+    """``tlbench run``'s options (click's parameters) as the run's spec, built once (``--set`` parsed here, with the
+    shortcuts --epochs, --compile, --deterministic and --workers), and the tuning spec with --tune."""
+    o = options
+    if not o["strategies"] and not o["run_all"]:
+        _fail("choose strategies with -s NAME (see `tlbench list strategies`) or run everything with --all")
+    if not o["tune"] and (o["tune_budget"] is not None or o["selection_seeds"] is not None):
+        _fail(f"{'--tune-budget' if o['tune_budget'] is not None else '--selection-seeds'} only applies with "
+              f"--tune; add --tune or drop it")
+    shortcuts = ([f"epochs={o['epochs']}"] if o["epochs"] is not None else []) \
+        + (["compile=true"] if o["use_compile"] else []) + (["deterministic=true"] if o["deterministic"] else [])
+    spec = RunSpec(strategies=o["strategies"], backbones=o["backbones"], datasets=o["datasets"], seeds=o["seeds"],
+                   first_seed=o["first_seed"], settings=[*o["settings"], *shortcuts], executor=o["executor"],
+                   executor_options={"workers": o["workers"]} if o["workers"] is not None else {},
+                   results_dir=o["results_dir"], device=o["device"], progress="off" if o["quiet"] else "auto",
+                   redo="all" if o["force"] else "failed" if o["retry_failed"] else "none",
+                   save_models=o["save_models"])
+    tuning = TuneSpec(budget=DEFAULT_BUDGET if o["tune_budget"] is None else o["tune_budget"],
+                      selection_seeds=1 if o["selection_seeds"] is None else o["selection_seeds"]) if o["tune"] else None
+    return spec, tuning
+
+
+def _execute(spec: RunSpec, tuning: TuneSpec | None, fmt: str) -> None:
+    """Run a spec as ``tlbench run`` does (``tlbench rerun`` too): the grid or the tuned grid, the leaderboard, the
+    summary, the exit code."""
     plugins = _plugins()
     formats = dict(plugins.leaderboard_formats.items())
     if fmt not in formats:
         _fail(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
-    if not strategies and not run_all:
-        _fail("choose strategies with -s NAME (see `tlbench list strategies`) or run everything with --all")
-    overrides = parse_overrides(settings)
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if use_compile:
-        overrides["compile"] = True
-    if deterministic:
-        overrides["deterministic"] = True
-    overrides["save_models"] = save_models  # which weights the results directory keeps; not part of any trial
-    options = {"workers": workers} if workers is not None else {}
-    if not tune and (tune_budget is not None or selection_seeds is not None):
-        _fail(f"{'--tune-budget' if tune_budget is not None else '--selection-seeds'} only applies with --tune; "
-              f"add --tune or drop it")
-    common = dict(seeds=seeds, first_seed=first_seed, settings=overrides, results_dir=results_dir,
-                  executor=executor, executor_options_=options, device=device, force=force,
-                  retry_failed=retry_failed, progress="off" if quiet else "auto", reporter=_PrintingReporter(),
-                  plugins=plugins, warn=_warn_line)
-    if tune:
-        tuned = tune_grid(strategies, backbones, datasets,
-                          budget=DEFAULT_BUDGET if tune_budget is None else tune_budget,
-                          selection_seeds=1 if selection_seeds is None else selection_seeds, **common)
+    common = dict(reporter=_PrintingReporter(), plugins=plugins, warn=_warn_line)
+    if tuning is not None:
+        tuned = tune_grid(spec, tuning, **common)
         _report_tuning(tuned, fmt, formats)
         sys.exit(tuned.exit_code)
-    result = run_grid(strategies, backbones, datasets, **common)
+    result = run_grid(spec, **common)
     table = render(result.records, fmt, formats=formats)
     if table:
         click.echo(table)
@@ -269,8 +281,6 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
 def _report_tuning(tuned: Any, fmt: str, formats: dict[str, Any]) -> None:
     """The end of a tuned run: the leaderboard of its records with the tuned rows apart, each stage's summary, and
     the strategies that could not be tuned (the budgets were printed when it started)."""
-    from tlbench.leaderboard import render
-
     if tuned.sweeps:
         table = render(tuned.records, fmt, formats=formats, sweeps=tuned.sweeps)
         if table:
@@ -308,10 +318,6 @@ def _report_grid(result: Any) -> None:
 def list_(kind: str | None, wide: bool) -> None:
     """List what is registered, with descriptions, defaults and search spaces; entries that need an optional
     package not installed here are marked with * and the command that installs it."""
-    from tabulate import tabulate
-
-    from tlbench.tuning import search_space
-
     plugins = _plugins()
     registries = {"strategies": plugins.strategies, "backbones": plugins.backbones, "datasets": plugins.datasets,
                   "executors": plugins.executors}
@@ -369,8 +375,6 @@ def _fit_to_width(rows: list[list[str]], headers: list[str], width: int) -> list
 @cli.command()
 def plugins() -> None:
     """Installed plugins, their versions, the hooks they implement, and load errors."""
-    from tabulate import tabulate
-
     loaded = _plugins()
     rows = [[i.name, i.version, "built-in" if i.builtin else "third-party", ", ".join(i.hooks) or "-",
              i.error or ""] for i in loaded.info.values()]
@@ -395,9 +399,6 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
                 candidates: bool, help_columns: bool, help_formats: bool, results_dir: Path | None) -> None:
     """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy; after
     `tlbench run --tune`, the tuned rows follow the others, with a "tuning" column."""
-    from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, render
-    from tlbench.store import ResultStore, default_results_dir
-
     if help_columns:
         for name, (header, _, _) in COLUMNS.items():
             click.echo(f"{name:10} {header}")
@@ -412,10 +413,8 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
-    from tlbench.tuning import read_sweeps
-
     text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats,
-                  sweeps=read_sweeps(store.root, _warn_line), candidates=candidates)
+                  sweeps=store.sweeps(), candidates=candidates)
     if not text:
         _fail(f"no records in {str(store.root)!r}" + (f" for dataset {dataset!r}" if dataset else ""))
     click.echo(text)
@@ -432,19 +431,14 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def report(results_dir: Path | None, out: Path, dataset: str | None, reference: str, quiet: bool) -> None:
     """A self-contained HTML report: leaderboard, plots, paired statistics, protocol, environment."""
-    from tlbench.report import write_report
-    from tlbench.store import ResultStore, default_results_dir
-
     store = ResultStore(results_dir or default_results_dir())
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
     plugins = _plugins()
     plugins.require_valid()
-    from tlbench.tuning import read_sweeps
-
     written = write_report(store.records(), out, sections=[s for _, s in plugins.report_sections.items()],
                            dataset=dataset, reference=reference, progress=_progress_factory(quiet),
-                           source=str(store.root), sweeps=read_sweeps(store.root, _warn_line), warn=_warn_line)
+                           source=str(store.root), sweeps=store.sweeps(), warn=_warn_line)
     click.echo(f"tlbench: report written to {written}", err=True)
 
 
@@ -454,8 +448,6 @@ def report(results_dir: Path | None, out: Path, dataset: str | None, reference: 
 @click.option("--print-only", is_flag=True, help="Print the command instead of running it.")
 def rerun(key: str, results_dir: Path | None, print_only: bool) -> None:
     """Re-run the trial of a record (by key) with exactly its recorded settings."""
-    from tlbench.store import ResultStore, default_results_dir
-
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     candidates = [r for r in store.records() if r.key.startswith(key)] if key else []
     matches = sorted({r.key for r in candidates})
@@ -463,13 +455,14 @@ def rerun(key: str, results_dir: Path | None, print_only: bool) -> None:
         _fail(f"{'no valid' if not matches else 'more than one'} record matches key {key!r} in "
               f"{str(store.root)!r}")
     record = next(r for r in candidates if r.key == matches[0])
-    _warn_if_another_processor(record)
-    args = rerun_arguments(record, store.root)
+    why_different = other_processor(record)
+    if why_different:
+        _warn_line(why_different)
+    spec = rerun_spec(record, store.root)
     if print_only:
-        click.echo("tlbench " + " ".join(shlex.quote(a) for a in args))
+        click.echo("tlbench " + " ".join(shlex.quote(a) for a in spec.arguments()))
         return
-    ctx = click.get_current_context()
-    ctx.invoke(run, **_run_params(args, ctx))
+    _execute(spec, None, "github")
 
 
 @cli.command()
@@ -505,9 +498,6 @@ def export(key: str | None, best: bool, dataset: str | None, backbone: str | Non
       session = onnxruntime.InferenceSession("DIR/model.onnx")
     or: tlbench predict DIR IMAGES_OR_FOLDER
     """
-    from tlbench import export as exporting
-    from tlbench.store import ResultStore, default_results_dir
-
     if bool(key) == best:
         _fail("name the trial to export by KEY or pass --best (not both)")
     if not best and (dataset or backbone):
@@ -546,9 +536,6 @@ def export(key: str | None, best: bool, dataset: str | None, backbone: str | Non
 def predict(model_dir: Path, images: tuple[Path, ...], top_k: int, fmt: str, use: str | None, quiet: bool) -> None:
     """Classify image files (or folders of them) with a model from `tlbench export`: its class names and exactly
     the preprocessing the harness evaluated with (an image the harness evaluated gets the harness's label)."""
-    from tlbench.export import load_export
-    from tlbench.predict import find_images, predict as run_predict, render
-
     exported = load_export(model_dir)
     files = find_images(images)
     if quiet or len(files) < 2 * 32 or not sys.stderr.isatty():
@@ -556,75 +543,12 @@ def predict(model_dir: Path, images: tuple[Path, ...], top_k: int, fmt: str, use
     else:
         with click.progressbar(length=len(files), label="predicting", file=sys.stderr) as bar:
             _, predictions = run_predict(exported, files, top_k, use, progress=bar.update)
-    click.echo(render(predictions, fmt))
-
-
-def _warn_if_another_processor(record: Any) -> None:
-    """A re-run reproduces a record exactly only on the processor that computed it: say so when this one differs."""
-    from tlbench.devices import pick_device
-    from tlbench.measure import environment
-    from tlbench.record_fields import processor_label
-
-    theirs = processor_label(record)
-    ours = processor_label({"environment": environment(pick_device(None))})
-    if theirs != ours:
-        _warn_line(f"record {record.key} was computed on {theirs}, this machine is {ours}: the re-run's numbers "
-                   f"will differ from the record's (differences of the size of seed noise)")
-
-
-def rerun_arguments(record: Any, results_dir: Path) -> list[str]:
-    """The `tlbench run` arguments that reproduce a record's trial: every setting is passed explicitly, so a later
-    change of defaults cannot change what is re-run."""
-    trial = record.trial
-    args = ["run", "-s", trial.strategy, "-b", trial.backbone, "-d", trial.dataset, "--seed",
-            str(trial.seed), "--results-dir", str(results_dir), "--force"]
-    for key, value in sorted(trial.protocol.items()):
-        value = _as_it_ran(record, key, value)
-        args += ["--set", f"{trial.strategy}.{key}={_as_setting(value)}"]
-    for key, value in sorted(trial.hparams.items()):
-        args += ["--set", f"{trial.strategy}.{key}={_as_setting(value)}"]
-    for key, value in sorted(trial.data.items()):
-        args += ["--set", f"data.{key}={_as_setting(value)}"]
-    return args
-
-
-def _as_it_ran(record: Any, key: str, value: Any) -> Any:
-    """A setting whose "auto" meant something else under the record's protocol is replaced by the value that ran:
-    protocol 1's channels_last=auto was off on the CPU (the record's runtime section says what ran)."""
-    if key == "channels_last" and value == "auto" and record.trial.protocol_version < 2:
-        ran = record.runtime.get("channels_last")
-        if isinstance(ran, bool):
-            return ran
-        import torch
-
-        from tlbench.trainer import resolve_channels_last
-
-        on_cuda = str(record.runtime.get("device", "cpu")).startswith("cuda")
-        return resolve_channels_last(torch.device("cuda" if on_cuda else "cpu"), value, record.trial.protocol_version)
-    return value
-
-
-def _as_setting(value: Any) -> str:
-    import json
-
-    from tlbench.plan import parse_value
-
-    text = "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
-    return text if parse_value(text) == value else json.dumps(value)  # e.g. the string "none" must stay a string
-
-
-def _run_params(args: list[str], ctx: click.Context) -> dict[str, Any]:
-    sub_ctx = run.make_context("run", args[1:], parent=ctx)
-    return dict(sub_ctx.params)
+    click.echo(render_predictions(predictions, fmt))
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: a clean stop with the summary, exit 143
+    signal.signal(signal.SIGTERM, on_sigterm)  # like Ctrl-C: a clean stop with the summary, exit 143
     cli(prog_name="tlbench")
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise GridInterrupted("SIGTERM", 143)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import timm
 import torch
+from safetensors.torch import load_file
+from timm.models._hub import save_config_for_hf
 from torch import nn
 
+from tlbench import version
+from tlbench.data_cache import load_splits
+from tlbench.errors import first_line
+from tlbench.jobs import TrialJob, Worker
+from tlbench.phases import apply_surgery
+from tlbench.plan import Trial, strategy_plan
+from tlbench.preprocess import DevicePreprocessor
 from tlbench.records import Record, best_on_validation
 from tlbench.requirements import Extra, module_available
+from tlbench.store import write_weights
 from tlbench.types import Backbone, Preprocessing, UsageError
 
 FORMATS = ("timm", "torchscript", "onnx")
@@ -104,10 +115,11 @@ class Trained:
         return self.backbone.model
 
 
-def _trial_of(record: Record) -> Any:
-    from tlbench.jobs import TrialJob
-
-    return TrialJob(trial=record.trial.to_json_dict(), device=None, versions={}).to_trial()
+def _trial_of(record: Record) -> Trial:
+    try:
+        return Trial.from_record(record.trial.to_json_dict())
+    except ValueError as exc:
+        raise UsageError(f"{exc}: this tlbench computes trial keys differently (protocol versions differ?)") from None
 
 
 def recorded_preprocessing(record: Record) -> Preprocessing:
@@ -125,14 +137,10 @@ def recorded_preprocessing(record: Record) -> Preprocessing:
 def rebuild(record: Record, state_dict: dict[str, torch.Tensor], plugins: Any) -> Backbone:
     """The trial's architecture (backbone and the plan's surgery, rebuilt from the record's settings) with
     ``state_dict`` loaded strictly, on the CPU in eval mode."""
-    from tlbench.phases import apply_surgery
-    from tlbench.plan import strategy_plan
-    from tlbench.runner import resolve
-
     trial = _trial_of(record)
     hint = plugins.failure_hint()
     strategy = plugins.strategies.get(trial.strategy, hint)
-    family, argument = resolve(plugins.backbones, trial.backbone, hint)
+    family, argument = plugins.backbones.resolve(trial.backbone, hint)
     num_classes = int(record.data.get("num_classes") or len(record.data.get("classes") or []))
     backbone = family.build(argument, num_classes, pretrained=False)  # the weights come from the trial
     plan = strategy_plan(strategy, backbone.group_names, trial.hparams, trial.backbone)
@@ -141,7 +149,7 @@ def rebuild(record: Record, state_dict: dict[str, torch.Tensor], plugins: Any) -
         backbone.model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise UsageError(f"the saved weights of trial {record.key} do not fit its rebuilt model "
-                         f"({str(exc).splitlines()[0]}); re-run it with `tlbench rerun {record.key}`") from None
+                         f"({first_line(exc)}); re-run it with `tlbench rerun {record.key}`") from None
     backbone.model.eval()
     return backbone
 
@@ -159,8 +167,6 @@ def trained_model(record: Record, results_dir: Path, plugins: Any, *, device: st
                   say: Callable[[str], None] = lambda line: None) -> Trained:
     """The record's trained model: from its saved weights (sha256 checked), else by re-running the trial, refused
     (UsageError) when the re-run's validation top-1 differs from the record's unless ``accept_different``."""
-    from safetensors.torch import load_file
-
     path = Path(results_dir) / f"{record.key}.safetensors"
     rerun: Record | None = None
     notes: list[str] = []
@@ -198,15 +204,11 @@ def trained_model(record: Record, results_dir: Path, plugins: Any, *, device: st
 
 def _rerun(record: Record, plugins: Any, device: str | None, progress: str) -> tuple[dict[str, torch.Tensor], Record]:
     """Run the record's trial again in this process, its weights written to a temporary folder."""
-    from safetensors.torch import load_file
-
-    from tlbench.jobs import TrialJob, Worker
-
     worker = Worker(device, plugins.load_third_party, plugins=plugins)
     with tempfile.TemporaryDirectory(prefix="tlbench-export-") as tmp:
         job = TrialJob(trial=record.trial.to_json_dict(), device=device, versions=worker.versions,
                        command=f"tlbench export {record.key} (re-run)", progress=progress, weights_dir=tmp)
-        rerun = Record.from_json_dict(worker.run(job))
+        rerun = worker.run(job)
         if not rerun.ok:
             raise UsageError(f"re-running trial {record.key} to get its weights {rerun.status}: {rerun.error}")
         weights = Path(tmp) / f"{record.key}.safetensors"
@@ -220,7 +222,7 @@ def _rerun(record: Record, plugins: Any, device: str | None, progress: str) -> t
 def merge_adapters(model: nn.Module) -> list[str]:
     """Merge peft adapters (LoRA) into the layers they wrap and put the plain layers back; returns their names."""
     try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer  # deferred: optional (the peft extra)
     except ImportError:  # no peft: no adapters either (surgery with peft needs it)
         return []
     merged = []
@@ -236,11 +238,10 @@ def merge_adapters(model: nn.Module) -> list[str]:
 def plain_model(trained: Trained, plugins: Any) -> tuple[nn.Module | None, str]:
     """The trained model as the backbone's own architecture (what ``timm.create_model`` builds): adapters merged,
     the weights loaded strictly into a freshly built model. ``(None, reason)`` when surgery changed it otherwise."""
-    from tlbench.runner import resolve
 
     model = copy.deepcopy(trained.model).cpu().eval()
     merged = merge_adapters(model)
-    family, argument = resolve(plugins.backbones, trained.record.trial.backbone, plugins.failure_hint())
+    family, argument = plugins.backbones.resolve(trained.record.trial.backbone, plugins.failure_hint())
     reference = family.build(argument, len(trained.classes), pretrained=False).model.eval()
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
@@ -257,8 +258,6 @@ def plain_model(trained: Trained, plugins: Any) -> tuple[nn.Module | None, str]:
 
 
 def _is_timm(model: nn.Module) -> bool:
-    import timm
-
     architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     return bool(architecture) and timm.is_model(architecture)
 
@@ -273,7 +272,7 @@ def predictions(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.T
 
 
 def onnx_forward(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime
+    import onnxruntime  # deferred: optional (the export extra)
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
@@ -302,8 +301,6 @@ class ExportResult:
 
 def preprocessing_config(trained: Trained) -> dict[str, Any]:
     """The evaluation pipeline the harness applied, step by step, for predict and for plain-torch users."""
-    from tlbench.preprocess import DevicePreprocessor
-
     prep = DevicePreprocessor(trained.preprocessing, "none", trained.channels_last)
     p = trained.preprocessing
     source = trained.record.data.get("source") or {}
@@ -347,10 +344,6 @@ def export(trained: Trained, out: Path, formats: Sequence[str], plugins: Any, *,
            say: Callable[[str], None] = lambda line: None) -> ExportResult:
     """Write the export folder for ``formats`` (built beside ``out``, then renamed into place) and return what
     was checked. Raises UsageError (nothing written) when a format cannot be made for this model."""
-    from tlbench.data_cache import load_splits
-    from tlbench.preprocess import DevicePreprocessor
-    from tlbench.runner import resolve
-
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -375,7 +368,7 @@ def export(trained: Trained, out: Path, formats: Sequence[str], plugins: Any, *,
     prep = DevicePreprocessor(trained.preprocessing, "none", trained.channels_last)
 
     trial = _trial_of(record)
-    family, argument = resolve(plugins.datasets, trial.dataset, plugins.failure_hint())
+    family, argument = plugins.datasets.resolve(trial.dataset, plugins.failure_hint())
     splits = load_splits(family, argument, trial.load_options)
     splits.source.pop("cache", None)
     if list(splits.classes) != trained.classes or splits.sizes != record.data.get("sizes", splits.sizes):
@@ -436,8 +429,6 @@ def _top1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
 
 def _write_format(fmt: str, path: Path, model: nn.Module, plain: nn.Module | None, example: torch.Tensor) -> None:
     if fmt == "timm":
-        from tlbench.store import write_weights
-
         write_weights(path, plain.state_dict(), {"format": "pt"})  # type: ignore[union-attr]
         return
     with _quiet():
@@ -447,17 +438,15 @@ def _write_format(fmt: str, path: Path, model: nn.Module, plain: nn.Module | Non
         torch.onnx.export(model, (example.contiguous(),), str(path), input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
                           dynamo=False)
-        import onnx
+        import onnx  # deferred: optional (the export extra)
 
         onnx.checker.check_model(str(path))
 
 
 def _config(trained: Trained, files: dict[str, Any], checks: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    import tlbench
-
     record = trained.record
     return {
-        "export_version": EXPORT_VERSION, "tlbench": tlbench.__version__,
+        "export_version": EXPORT_VERSION, "tlbench": version.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "record_key": record.key, "dataset": record.trial.dataset, "backbone": record.trial.backbone,
         "strategy": record.trial.strategy, "label": record.trial.label, "seed": record.trial.seed,
@@ -477,8 +466,6 @@ def _write_config(path: Path, plain: nn.Module | None, trained: Trained, tlbench
     data_config = {"input_size": (3, p.input_size, p.input_size), "interpolation": p.interpolation,
                    "mean": tuple(p.mean), "std": tuple(p.std), "crop_pct": p.crop_pct, "crop_mode": "center"}
     if plain is not None:
-        from timm.models._hub import save_config_for_hf
-
         save_config_for_hf(plain, str(path), model_config={"label_names": trained.classes,
                                                            "tlbench": tlbench_section}, data_config=data_config)
         return
@@ -581,8 +568,6 @@ class Exported:
         return [fmt for fmt in FORMATS if fmt in self.section["files"]]
 
     def preprocessor(self) -> Any:
-        from tlbench.preprocess import DevicePreprocessor
-
         p = self.section["preprocessing"]
         prep = Preprocessing(int(p["input_size"]), str(p["interpolation"]), tuple(p["mean"]), tuple(p["std"]),
                              float(p["crop_pct"]), str(p.get("source", "")))
@@ -598,8 +583,6 @@ class Exported:
         path = self.folder / self.section["files"][chosen]["file"]
         with _quiet():
             if chosen == "timm":
-                import timm
-
                 model = timm.create_model(f"local-dir:{self.folder}", pretrained=True).eval()
                 if channels_last:
                     model = model.to(memory_format=torch.channels_last)

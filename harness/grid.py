@@ -8,31 +8,30 @@ from __future__ import annotations
 
 import difflib
 import os
-import shlex
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from tlbench.jobs import TrialJob, WorkerRefused, code_versions, failed_record
-from tlbench.progress import PROGRESS_MODES
+import torch
+
+from tlbench.data_cache import CACHE_DIR_ENV
+from tlbench.devices import check_device, pick_device
+from tlbench.interrupts import GridInterrupted, raise_on_sigterm
+from tlbench.jobs import TrialJob, Worker, WorkerRefused, adopt_worker, code_versions
+from tlbench.plan import Trial, build_trials
+from tlbench.record_hooks import record_finished
 from tlbench.records import Record, RecordError
+from tlbench.registry import Plugins
+from tlbench.runner import TrialRunner
+from tlbench.spec import RunSpec
+from tlbench.store import ResultStore, default_results_dir
 from tlbench.types import UsageError
 
 DEFAULT_DATASET = "fashion-mnist"
 DEFAULT_BACKBONES = ("efficientnet_lite0",)
-
-
-class GridInterrupted(BaseException):
-    """SIGINT or SIGTERM reached the driver: stop dispatching, keep every finished record."""
-
-    def __init__(self, signal_name: str, exit_code: int):
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-        self.exit_code = exit_code
 
 
 class GridAborted(Exception):
@@ -96,7 +95,7 @@ class ExecutionSession:
     Thread-safe: executors may call it from several threads.
     """
 
-    def __init__(self, grid: "_Grid", options: Mapping[str, Any]):
+    def __init__(self, grid: _Grid, options: Mapping[str, Any]):
         self._grid = grid
         self.options = dict(options)
         self.stopping = False
@@ -135,7 +134,7 @@ class ExecutionSession:
             if typed.key != job.key:
                 raise RecordError(f"it is the record of trial {typed.key}")
         except RecordError as exc:
-            typed = Record.from_json_dict(failed_record(job, f"the worker returned an invalid record: {exc}"))
+            typed = job.failed(f"the worker returned an invalid record: {exc}")
         with self._lock:
             try:
                 grid.store.write(typed)
@@ -153,7 +152,7 @@ class ExecutionSession:
         return typed
 
     def fail(self, job: TrialJob, reason: str, wall_s: float = 0.0) -> Record:
-        return self.finish(job, failed_record(job, reason, wall_s))
+        return self.finish(job, job.failed(reason, wall_s))
 
     def run_here(self, job: TrialJob) -> Record | None:
         """Claim, run in this process (the driver's own warm worker), finish."""
@@ -182,45 +181,34 @@ class ExecutionSession:
 
 
 class _Grid:
-    """One grid's driver state (the store, the tally, the in-process worker)."""
+    """One grid's driver state (the spec, the store, the tally, the in-process worker)."""
 
-    def __init__(self, store: Any, reporter: Reporter, result: GridResult, force: bool, retry_failed: bool,
-                 plugins: Any, job_device: str | None, third_party: bool):
+    def __init__(self, spec: RunSpec, store: ResultStore, reporter: Reporter, result: GridResult, plugins: Plugins,
+                 warn: Callable[[str], None] | None):
+        self.spec = spec
         self.store = store
         self.reporter = reporter
         self.result = result
-        self.force = force
-        self.retry_failed = retry_failed
         self.plugins = plugins
-        self.job_device = job_device
-        self.third_party = third_party
+        self.warn = warn
+        self.third_party = plugins.load_third_party
         self.busy: list[TrialJob] = []
-        self.warn: Callable[[str], None] | None = None
-        self._worker: Any = None
+        self._worker: Worker | None = None
 
     def already_done(self, existing: Record | None) -> bool:
-        """A record exists and this run is not asked to redo it (--force: all; --retry-failed: failed ones)."""
-        return existing is not None and not self.force and (existing.ok or not self.retry_failed)
+        """A record exists and this run is not asked to redo it (redo "all": --force; "failed": --retry-failed)."""
+        redo = self.spec.redo
+        return existing is not None and redo != "all" and (existing.ok or redo != "failed")
 
-    def local_worker(self) -> Any:
+    def local_worker(self) -> Worker:
         if self._worker is None:
-            from tlbench.jobs import Worker, adopt_worker
-
-            self._worker = Worker(self.job_device, self.third_party, plugins=self.plugins)
-            adopt_worker(self._worker, self.job_device, self.third_party)
+            self._worker = Worker(self.spec.device, self.third_party, plugins=self.plugins)
+            adopt_worker(self._worker, self.spec.device, self.third_party)
         return self._worker
 
     def notify_finished(self, record: Record) -> None:
         """The plugins' ``record_finished`` hooks, after the record is written (a raising plugin: one warning)."""
-        from tlbench.record_hooks import record_finished
-
         record_finished(self.plugins, record, self.warn)
-
-
-def _resolve(registry: Any, name: str, hint: str) -> tuple[Any, str | None]:
-    from tlbench.runner import resolve
-
-    return resolve(registry, name, hint)
 
 
 @dataclass
@@ -238,13 +226,12 @@ class GridNames:
         return [f"left out {name}: it needs an optional package: {hint}" for name, hint in self.left_out.items()]
 
 
-def resolve_names(plugins: Any, strategies: Sequence[str], backbones: Sequence[str], datasets: Sequence[str]
-                  ) -> GridNames:
-    """The grid's names, each checked (unknown or unavailable: a UsageError); no strategies means every registered
+def resolve_names(plugins: Plugins, spec: RunSpec) -> GridNames:
+    """The spec's names, each checked (unknown or unavailable: a UsageError); no strategies means every registered
     strategy that can run here (refused while a plugin is broken), no backbones and no datasets the defaults."""
     left_out: dict[str, str] = {}
-    if strategies:
-        strategy_names = list(dict.fromkeys(strategies))
+    if spec.strategies:
+        strategy_names = list(spec.strategies)
     else:  # "every registered strategy" is not every one while a plugin is broken
         plugins.require_valid()
         left_out = plugins.strategies.unavailable()
@@ -254,23 +241,12 @@ def resolve_names(plugins: Any, strategies: Sequence[str], backbones: Sequence[s
                              + "; ".join(f"{name} needs {hint}" for name, hint in left_out.items()))
     hint = plugins.failure_hint()
     chosen_strategies = [(name, plugins.strategies.get(name, hint)) for name in strategy_names]
-    backbone_names = list(dict.fromkeys(backbones)) or list(DEFAULT_BACKBONES)
+    backbone_names = list(spec.backbones) or list(DEFAULT_BACKBONES)
     for name in backbone_names:
-        _resolve(plugins.backbones, name, hint)
-    dataset_names = list(dict.fromkeys(datasets)) or [DEFAULT_DATASET]
-    chosen_datasets = [(name, _resolve(plugins.datasets, name, hint)[0]) for name in dataset_names]
+        plugins.backbones.resolve(name, hint)
+    dataset_names = list(spec.datasets) or [DEFAULT_DATASET]
+    chosen_datasets = [(name, plugins.datasets.resolve(name, hint)[0]) for name in dataset_names]
     return GridNames(chosen_strategies, backbone_names, chosen_datasets, left_out)
-
-
-def parse_settings(settings: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
-    """``--set`` strings (``KEY=VALUE``) or a mapping, as one dict of overrides."""
-    from tlbench.plan import parse_overrides
-
-    if settings is None:
-        return {}
-    if isinstance(settings, Mapping):
-        return dict(settings)
-    return parse_overrides(list(settings))
 
 
 def executor_options(executor: Any, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -302,77 +278,41 @@ def executor_options(executor: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _command_line() -> str:
-    return "tlbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugins | None = None,
+             warn: Callable[[str], None] | None = None, trials: Sequence[Trial] | None = None) -> GridResult:
+    """Run every dataset × backbone × strategy × seed trial of ``spec`` that has no record yet; return the outcome.
 
-
-def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), datasets: Sequence[str] = (), *,
-             seeds: int = 1, first_seed: int = 0, settings: Mapping[str, Any] | Iterable[str] | None = None,
-             results_dir: str | Path | None = None, executor: str = "local",
-             executor_options_: Mapping[str, Any] | None = None, device: str | None = None, force: bool = False,
-             retry_failed: bool = False, progress: str = "auto", reporter: Reporter | None = None,
-             plugins: Any = None, command: str | None = None, warn: Callable[[str], None] | None = None,
-             trials: Sequence[Any] | None = None) -> GridResult:
-    """Run every dataset × backbone × strategy × seed trial that has no record yet and return the outcome.
-
-    ``strategies`` empty means every registered strategy; ``backbones`` and ``datasets`` empty mean the defaults
-    (``efficientnet_lite0``, ``fashion-mnist``). ``settings`` are ``--set`` overrides (``["epochs=2",
-    "full.lr=3e-4", "data.train_size=500", "executor.workers=2"]`` or the same as a dict; ``save_models=best|all``
-    keeps trained weights beside the records, see :func:`tlbench.store.save_models_choice`). ``executor`` names an
-    executor plugin (``local``, ``process``, ``ray``, ``slurm``); its options come from ``executor_options_`` and
-    ``executor.<key>`` settings. ``device`` is ``cpu`` / ``cuda[:N]`` / None (CUDA where available). ``progress``:
-    "auto" (a bar on a terminal, lines otherwise), "bar", "lines" or "off". Bad input raises :class:`UsageError`
-    before anything is written. Nothing is printed unless ``reporter`` prints. ``trials``: run these
-    :class:`tlbench.plan.Trial` objects instead of the product of names and settings (``tlbench.tuning`` builds
-    one per configuration of a search space); ``settings`` then only set executor options.
+    ``spec`` (:class:`tlbench.RunSpec`) says which trials, how they run and where results go. Bad input raises
+    :class:`UsageError` before anything is written. Nothing is printed unless ``reporter`` prints; ``warn`` gets
+    one-line warnings. ``trials``: run these :class:`tlbench.plan.Trial` objects instead of the product of the
+    spec's names, seeds and settings (``tlbench.tuning`` builds one per configuration of a search space).
     """
-    from tlbench.plan import build_trials, check_seeds
-    from tlbench.registry import Plugins
-    from tlbench.store import ResultStore, default_results_dir, save_models_choice
-
     started = time.perf_counter()
     reporter = reporter or Reporter()
-    if progress not in PROGRESS_MODES:
-        raise UsageError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (seeds, first_seed)):
-        raise UsageError(f"seeds must be integers, got --seed {first_seed!r} with --seeds {seeds!r}")
-    check_seeds(first_seed, seeds)
     if plugins is None:
         plugins = Plugins()
-    names = resolve_names(plugins, strategies, backbones, datasets)
-    chosen_executor = plugins.executors.get(executor, plugins.failure_hint())
-
-    overrides = parse_settings(settings)
-    given_options = dict(executor_options_ or {})
-    for key in [k for k in overrides if k.split(".", 1)[0] == "executor"]:
-        sub = key.split(".", 1)[1] if "." in key else ""
-        if not sub:
-            raise UsageError(f"--set {key}=... names no executor option; use executor.<option>=VALUE")
-        given_options[sub] = overrides.pop(key)
-    save_models = save_models_choice(overrides)  # which trained weights to keep: no part of a trial
-    options = executor_options(chosen_executor, given_options)
+    names = resolve_names(plugins, spec)
+    chosen_executor = plugins.executors.get(spec.executor, plugins.failure_hint())
+    options = executor_options(chosen_executor, spec.executor_options)
     if trials is None:
         trials = build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
-                              seeds=list(range(first_seed, first_seed + seeds)), overrides=overrides,
+                              seeds=spec.seed_range, overrides=spec.settings,
                               registered_strategies=dict(plugins.strategies.items()))
     else:
         trials = list(trials)
 
-    store = ResultStore(results_dir or default_results_dir(), warn=warn)
+    store = ResultStore(spec.results_dir or default_results_dir(), warn=warn)
     store.check_writable()
     in_process = bool(getattr(chosen_executor, "in_process", False))
-    from tlbench.devices import check_device, pick_device
-    from tlbench.runner import TrialRunner
-
-    check_device(device)
-    driver_device = pick_device(device) if in_process or getattr(chosen_executor, "same_machine", False) else None
+    check_device(spec.device)
+    driver_device = (pick_device(spec.device) if in_process or getattr(chosen_executor, "same_machine", False)
+                     else None)
     result = GridResult(trials=trials, executor=chosen_executor.name, executor_options=options,
-                        device=str(driver_device) if driver_device is not None else (device or "auto"),
+                        device=str(driver_device) if driver_device is not None else (spec.device or "auto"),
                         results_dir=store.root, left_out=names.left_out_lines())
-    grid = _Grid(store, reporter, result, force, retry_failed, plugins, device, plugins.load_third_party)
-    grid.warn = warn
+    grid = _Grid(spec, store, reporter, result, plugins, warn)
 
-    pending: list[Any] = []
+    pending: list[Trial] = []
     for trial in trials:
         existing = store.read(trial.key)
         if grid.already_done(existing):
@@ -384,29 +324,27 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
     result.pending = len(pending)
     if pending:  # bad data or impossible plans fail here, before anything is written
         store.check_record_paths(t.key for t in pending)
-        if in_process:
-            checker = grid.local_worker().runner
-        else:
-            import torch
-
-            checker = TrialRunner(plugins, driver_device or torch.device("cpu"))
+        checker = (grid.local_worker().runner if in_process
+                   else TrialRunner(plugins, driver_device or torch.device("cpu")))
         checker.check(pending)
     store.create()
     store.clean_leftovers()
 
+    progress = spec.progress
     if progress == "auto":
         progress = "bar" if in_process and sys.stderr.isatty() else "lines"
-    command = _command_line() if command is None else command
     versions = code_versions(plugins=plugins)
     job_executor = {"name": chosen_executor.name, "options": options}
-    jobs = [TrialJob(trial=trial.to_record(), device=device, versions=versions, third_party_plugins=grid.third_party,
-                     command=command, cache_dir=os.environ.get("TLBENCH_CACHE_DIR") or None, progress=progress,
-                     executor=job_executor, weights_dir=str(store.root.resolve()) if save_models != "none" else None)
+    weights_dir = str(store.root.resolve()) if spec.save_models != "none" else None
+    jobs = [TrialJob(trial=trial.to_record(), device=spec.device, versions=versions,
+                     third_party_plugins=grid.third_party, command=spec.command or "",
+                     cache_dir=os.environ.get(CACHE_DIR_ENV) or None, progress=progress, executor=job_executor,
+                     weights_dir=weights_dir)
             for trial in pending]
-    result.resume_command = command
+    result.resume_command = spec.command or ""
     reporter.grid_started(result)
     session = ExecutionSession(grid, options)
-    with _signals_raise():
+    with raise_on_sigterm():
         try:
             if jobs:
                 chosen_executor.execute(jobs, session)
@@ -425,7 +363,7 @@ def run_grid(strategies: Sequence[str] = (), backbones: Sequence[str] = (), data
         finally:
             session.release_all()
 
-    if save_models == "best" and not (result.interrupted or result.aborted):  # a stopped grid prunes when resumed
+    if spec.save_models == "best" and not (result.interrupted or result.aborted):  # a stopped grid prunes on resume
         for line in store.prune_weights_report():
             reporter.message(line)
     keys = {t.key for t in trials}
@@ -458,22 +396,3 @@ def _finish_busy(grid: _Grid, session: ExecutionSession, executor: Any) -> None:
         grid.reporter.message(f"{len(orphans)} trial(s) were left unfinished by a process that stopped; "
                               f"running them here")
         executor.execute(orphans, session)
-
-
-class _signals_raise:
-    """SIGTERM (like SIGINT) becomes an exception in the driver's main thread, so the grid stops cleanly, keeps
-    its records and reports; restored afterwards. Outside the main thread, nothing is installed."""
-
-    def __enter__(self) -> "_signals_raise":
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            def on_term(signum: int, frame: Any) -> None:
-                raise GridInterrupted("SIGTERM", 143)
-
-            self._previous = signal.signal(signal.SIGTERM, on_term)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-

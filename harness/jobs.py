@@ -11,17 +11,27 @@ a job made by a driver with other tlbench or plugin versions: the numbers of one
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from tlbench.types import UsageError
+import torch
 
-CACHE_DIR_ENV = "TLBENCH_CACHE_DIR"
+from tlbench import version
+from tlbench.allocator import keep_freed_memory
+from tlbench.data_cache import CACHE_DIR_ENV
+from tlbench.devices import pick_device
+from tlbench.measure import resident_set_kib
+from tlbench.plan import Trial
+from tlbench.progress import make_progress
+from tlbench.records import Record, failed_record, trial_title
+from tlbench.registry import Plugins
+from tlbench.runner import TrialRunner
+from tlbench.types import UsageError
 
 
 class WorkerRefused(UsageError):
@@ -62,19 +72,19 @@ class TrialJob:
 
     def label(self) -> str:
         t = self.trial
-        return f"{t['dataset']} / {t['backbone']} / {t['label']} / seed {t['seed']}"
+        return trial_title(t["dataset"], t["backbone"], t["label"], t["seed"])
 
-    def to_trial(self) -> Any:
-        from tlbench.plan import Trial
+    def to_trial(self) -> Trial:
+        """The trial to run: rebuilt from its recorded form, refused if the key this worker computes differs."""
+        try:
+            return Trial.from_record(self.trial)
+        except ValueError as exc:  # the job was edited or made by another protocol version
+            raise WorkerRefused(f"{exc}; the driver and this worker compute trial keys differently (protocol "
+                                f"versions differ?)") from None
 
-        t = self.trial
-        trial = Trial(dataset=t["dataset"], backbone=t["backbone"], strategy=t["strategy"], seed=int(t["seed"]),
-                      protocol=dict(t["protocol"]), hparams=dict(t["hparams"]), data_options=dict(t["data"]),
-                      overrides=dict(t.get("overrides") or {}))
-        if trial.key != self.key:  # the job was edited or made by another protocol version
-            raise WorkerRefused(f"job for trial {self.key} describes trial {trial.key}; the driver and this worker "
-                                f"compute trial keys differently (protocol versions differ?)")
-        return trial
+    def failed(self, reason: str, wall_s: float = 0.0) -> Record:
+        """The record of this job's trial when no record came back (crashed, killed, lost): failed, with why."""
+        return failed_record(self.trial, reason, wall_s=wall_s, command=self.command, executor=self.executor)
 
     def to_json_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -84,15 +94,11 @@ class TrialJob:
         return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
 
 
-def code_versions(third_party_plugins: bool = True, plugins: Any = None) -> dict[str, Any]:
+def code_versions(third_party_plugins: bool = True, plugins: Plugins | None = None) -> dict[str, Any]:
     """tlbench's version and protocol version, and every loaded plugin's version: what a worker must match."""
-    import tlbench
-
     if plugins is None:
-        from tlbench.registry import Plugins
-
         plugins = Plugins(load_third_party=third_party_plugins)
-    return {"tlbench": tlbench.__version__, "protocol_version": tlbench.PROTOCOL_VERSION,
+    return {"tlbench": version.__version__, "protocol_version": version.PROTOCOL_VERSION,
             "plugins": {name: info.version for name, info in sorted(plugins.info.items()) if not info.error}}
 
 
@@ -113,18 +119,9 @@ def describe_mismatch(driver: Mapping[str, Any], worker: Mapping[str, Any]) -> s
 class Worker:
     """Runs jobs in this process, keeping data and features warm between them (one per device and plugin set)."""
 
-    def __init__(self, device: str | None, third_party_plugins: bool, plugins: Any = None):
-        import time
-
-        from tlbench.measure import resident_set_kib
-        from tlbench.registry import Plugins
-        from tlbench.devices import pick_device
-        from tlbench.runner import TrialRunner
-
+    def __init__(self, device: str | None, third_party_plugins: bool, plugins: Plugins | None = None):
         started = time.perf_counter()
         if device is None or str(device).startswith("cpu"):
-            from tlbench.allocator import keep_freed_memory
-
             keep_freed_memory()  # before the first trial allocates: see tlbench.allocator
         self.plugins = plugins if plugins is not None else Plugins(load_third_party=third_party_plugins)
         self.versions = code_versions(plugins=self.plugins)
@@ -135,7 +132,7 @@ class Worker:
         self.lock = threading.Lock()
         self.init_s: float | None = time.perf_counter() - started  # plugin loading, device: paid by the first job
 
-    def run(self, job: TrialJob, progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+    def run(self, job: TrialJob, progress: Callable[[str, int], Any] | None = None) -> Record:
         mismatch = describe_mismatch(job.versions, self.versions)
         if mismatch:
             raise WorkerRefused(f"worker on {socket.gethostname()} refuses trial {job.key}: {mismatch}; install "
@@ -143,18 +140,15 @@ class Worker:
         trial = job.to_trial()
         if job.cache_dir:
             os.environ[CACHE_DIR_ENV] = job.cache_dir
-        from tlbench.progress import make_progress
-
         with self.lock:  # one trial at a time per worker: timings and memory are per trial
             self.runner.progress = progress if progress is not None else make_progress(job.progress)
             self.runner.weights_dir = job.weights_dir
             record = self.runner.run(trial, command=job.command)
-        data = record.to_json_dict()
-        data["executor"] = {**dict(job.executor), "host": socket.gethostname(), "pid": os.getpid(),
-                            "worker_baseline_rss_mib": round(self.baseline_kib / 1024, 1),
-                            "worker_init_s": round(self.init_s or 0.0, 3)}
+        executor = {**dict(job.executor), "host": socket.gethostname(), "pid": os.getpid(),
+                    "worker_baseline_rss_mib": round(self.baseline_kib / 1024, 1),
+                    "worker_init_s": round(self.init_s or 0.0, 3)}
         self.init_s = None
-        return data
+        return dataclasses.replace(record, executor=executor)
 
 
 _WORKERS: dict[tuple[Any, ...], Worker] = {}
@@ -177,21 +171,12 @@ def adopt_worker(worker: Worker, device: str | None, third_party_plugins: bool) 
 
 
 def run_job(job: TrialJob | Mapping[str, Any]) -> dict[str, Any]:
-    """Run one trial job in this process and return its record (a JSON-able dict). Module-level, so process pools,
-    Ray and submitit can ship it by reference. Raises :class:`WorkerRefused` if the code differs from the driver's."""
+    """Run one trial job in this process and return its record as plain data (a JSON-able dict: what crosses a
+    process boundary). Module-level, so process pools, Ray and submitit can ship it by reference. Raises
+    :class:`WorkerRefused` if the code differs from the driver's."""
     if not isinstance(job, TrialJob):
         job = TrialJob.from_json_dict(job)
-    return worker_for(job.device, job.third_party_plugins).run(job)
-
-
-def failed_record(job: TrialJob, reason: str, wall_s: float = 0.0) -> dict[str, Any]:
-    """The record of a trial whose worker never returned one (crashed, killed, lost): failed, with the reason."""
-    from tlbench.records import SCHEMA_VERSION
-
-    return {"schema": SCHEMA_VERSION, "key": job.key, "status": "failed", "error": reason,
-            "trial": dict(job.trial), "command": job.command,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "metrics": {"wall_s": wall_s, "time_s": {"total": wall_s}}, "executor": dict(job.executor)}
+    return worker_for(job.device, job.third_party_plugins).run(job).to_json_dict()
 
 
 
@@ -222,8 +207,6 @@ def set_worker_threads(threads: int | None) -> None:
     """CPU threads for this worker's torch: executors running several workers on one machine divide its cores,
     or every worker's thread pool would fight for all of them (measured here: several times slower)."""
     if threads:
-        import torch
-
         torch.set_num_threads(int(threads))
 
 

@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
+from tlbench import version
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -257,16 +259,14 @@ def cpu_model_name() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     import timm  # deferred: heavy (~0.7 s), only for the environment record; `import tlbench` does not load it
 
-    import tlbench
-
     return {
         "device": device_name(device),
         "device_type": device.type,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
-        "tlbench": tlbench.__version__,
-        "protocol_version": tlbench.PROTOCOL_VERSION,
+        "tlbench": version.__version__,
+        "protocol_version": version.PROTOCOL_VERSION,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),

@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from tlbench import PROTOCOL_VERSION
 from tlbench.digests import digest_of
 from tlbench.head_init import HEAD_INITS
+from tlbench.records import trial_title
 from tlbench.types import MIN_IMAGE_SIZE, TrainPlan, UsageError
+from tlbench.version import PROTOCOL_VERSION
 
 # The shared protocol: identical for every strategy unless the strategy overrides a key (recorded either way).
 PROTOCOL_DEFAULTS: dict[str, Any] = {
@@ -179,9 +180,28 @@ class Trial:
             options["split_seed"] = self.seed
         return options
 
+    @property
+    def title(self) -> str:
+        """How the trial is named to its user (one owner: :func:`tlbench.records.trial_title`)."""
+        return trial_title(self.dataset, self.backbone, self.label, self.seed)
+
     def to_record(self) -> dict[str, Any]:
+        """The trial's recorded form: the ``trial`` section of its record, and what a job carries to a worker."""
         return {**self.identity(), "key": self.key, "group": self.group, "label": self.label,
                 "overrides": dict(self.overrides)}
+
+    @classmethod
+    def from_record(cls, recorded: Mapping[str, Any]) -> "Trial":
+        """The trial back from its recorded form (:meth:`to_record`): the one way a recorded trial becomes one to
+        run. A ValueError when the key this code computes differs from the recorded one (an edited trial, or one
+        of another protocol version)."""
+        trial = cls(dataset=recorded["dataset"], backbone=recorded["backbone"], strategy=recorded["strategy"],
+                    seed=int(recorded["seed"]), protocol=dict(recorded["protocol"]),
+                    hparams=dict(recorded["hparams"]), data_options=dict(recorded["data"]),
+                    overrides=dict(recorded.get("overrides") or {}))
+        if trial.key != recorded.get("key"):
+            raise ValueError(f"the recorded trial {recorded.get('key')} describes trial {trial.key}")
+        return trial
 
 
 def _keep_type(value: Any, default: Any) -> Any:

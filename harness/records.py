@@ -8,6 +8,7 @@ without that section and are still read.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import json
 import math
@@ -95,6 +96,16 @@ class TrialInfo:
 
     def to_json_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def title(self) -> str:
+        """How a trial is named to its user, in progress bars, trial lines and messages."""
+        return trial_title(self.dataset, self.backbone, self.label, self.seed)
+
+
+def trial_title(dataset: str, backbone: str, label: str, seed: int) -> str:
+    """``fashion-mnist / efficientnet_lite0 / full / seed 0``: the one way a trial is named to its user."""
+    return f"{dataset} / {backbone} / {label} / seed {seed}"
 
 
 # Metrics every ok record has, with their JSON types; the rest are optional (failed records carry only timings).
@@ -266,6 +277,19 @@ class Record:
                 return None
             current = current.get(part)
         return current
+
+
+def failed_record(trial: Mapping[str, Any], reason: str, *, wall_s: float = 0.0, command: str = "",
+                  environment: Mapping[str, Any] | None = None, executor: Mapping[str, Any] | None = None,
+                  status: str = "failed") -> Record:
+    """The record of a trial that did not finish: failed (or diverged) with the reason, its wall time, and what is
+    known of where it ran. ``trial`` is the record's trial section (``Trial.to_record()``). The one place a
+    failed record is made: by the runner when a trial breaks, by the driver when no record came back."""
+    return Record.from_json_dict(json.loads(json.dumps({
+        "schema": SCHEMA_VERSION, "key": trial["key"], "status": status, "error": reason, "trial": dict(trial),
+        "command": command, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {"wall_s": wall_s, "time_s": {"total": wall_s}}, "environment": dict(environment or {}),
+        "executor": dict(executor or {})}, default=str)))
 
 
 def task_of(record: Record) -> tuple[str, str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Mapping, TypeVar
@@ -13,10 +12,12 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 import pluggy
 
 from tlbench import hookspecs
+from tlbench.errors import exception_line
 from tlbench.publishing import LeaderboardFormat, ReportSection
 from tlbench.requirements import missing_requirements
-from tlbench.tuning import check_search_space
+from tlbench.search_space import check_search_space
 from tlbench.types import BackboneFamily, DatasetFamily, Executor, Strategy, UsageError
+from tlbench.version import __version__
 
 ENTRY_POINT_GROUP = "tlbench"
 DISABLE_ENV = "TLBENCH_DISABLE_PLUGINS"  # set to 1 to load built-in plugins only (the tests do)
@@ -132,6 +133,19 @@ class Registry(Generic[T]):
             raise UsageError(self._conflicts[name])
         raise UsageError(self.unknown_message(name, hint))
 
+    def resolve(self, name: str, hint: str = "") -> tuple[T, str | None]:
+        """A name with an optional argument: ``timm:resnet50`` -> (the timm family, "resnet50");
+        ``efficientnet_lite0`` -> (that family, None). Checks that the family takes an argument exactly when given one."""
+        family_name, sep, argument = name.partition(":")
+        family = self.get(family_name, hint)
+        takes_argument = bool(getattr(family, "takes_argument", False))
+        if takes_argument and not argument:
+            raise UsageError(f"{self.kind} {family_name!r} needs an argument: {family_name}:<...> "
+                             f"(see `tlbench list {self.plural}`)")
+        if not takes_argument and sep:
+            raise UsageError(f"{self.kind} {family_name!r} takes no argument; use {family_name!r}")
+        return family, (argument if sep else None)
+
     def unknown_message(self, name: str, hint: str = "") -> str:
         close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.6)
         suggestion = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(self.names()) or 'none'}"
@@ -203,8 +217,6 @@ class Plugins:
                 "leaderboard_format", LeaderboardFormat, ("name", "description", "render")), self._report)
         self.report_sections: Registry[ReportSection] = Registry("report section", "sections", _protocol_check(
             "report_section", ReportSection, ("name", "title", "order", "render")), self._report)
-        from tlbench import __version__
-
         for module_name in DEFAULT_PLUGINS:
             self._add(importlib.import_module(module_name), module_name.rsplit(".", 1)[-1], __version__, True)
         if load_third_party:
@@ -213,7 +225,7 @@ class Plugins:
                 try:
                     plugin = ep.load()
                 except Exception as exc:  # a broken third-party plugin must not break unrelated runs
-                    self.info[ep.name] = PluginInfo(ep.name, version, False, error=_one_line(exc))
+                    self.info[ep.name] = PluginInfo(ep.name, version, False, error=exception_line(exc))
                     continue
                 self._add(plugin, ep.name, version, False)
         self._collect()
@@ -240,14 +252,14 @@ class Plugins:
 
     def _invalid_hook_message(self, plugin: Any, exc: Exception) -> str:
         if isinstance(exc, ValueError):  # pluggy: the name or the module is registered already
-            return f"not loaded: {_one_line(exc)}"
+            return f"not loaded: {exception_line(exc)}"
         unknown = [attr for attr in dir(plugin) if attr not in HOOK_NAMES
                    and self.pm.parse_hookimpl_opts(plugin, attr) is not None]
         if unknown:
             close = difflib.get_close_matches(unknown[0], HOOK_NAMES, n=1, cutoff=0.5)
             fix = f"did you mean {close[0]!r}?" if close else f"tlbench hooks are {', '.join(HOOK_NAMES)}"
             return f"invalid hook implementation: {unknown[0]!r} is not a tlbench hook; {fix}"
-        return f"invalid hook implementation: {_one_line(exc)}"
+        return f"invalid hook implementation: {exception_line(exc)}"
 
     def _report(self, plugin: str, message: str) -> None:
         """A problem found in what ``plugin`` registered: shown by `tlbench plugins`, in "unknown name" hints."""
@@ -270,14 +282,14 @@ class Plugins:
                 try:
                     impl.function(register=registry.register)
                 except Exception as exc:  # a bug in one plugin's hook: that plugin's problem only
-                    self._report(impl.plugin_name, f"its {hook_name} raised {_one_line(exc)}")
+                    self._report(impl.plugin_name, f"its {hook_name} raised {exception_line(exc)}")
 
     def add_commands(self, cli: Any) -> None:
         for impl in self.pm.hook.register_commands.get_hookimpls():
             try:
                 impl.function(cli=cli)
             except Exception as exc:
-                self._report(impl.plugin_name, f"its register_commands raised {_one_line(exc)}")
+                self._report(impl.plugin_name, f"its register_commands raised {exception_line(exc)}")
 
     @property
     def failures(self) -> list[PluginInfo]:
@@ -298,8 +310,3 @@ class Plugins:
                    else "fix or uninstall it, or name the strategies with -s")
             raise UsageError(f"plugin {info.name!r} has a problem ({info.error}), so --all cannot run every "
                              f"strategy; {fix} (see `tlbench plugins`)")
-
-
-def _one_line(exc: BaseException) -> str:
-    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return last.replace("\n", " ")

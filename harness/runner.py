@@ -17,6 +17,7 @@ import torch
 
 from tlbench.data_cache import load_splits
 from tlbench.devices import pick_device  # noqa: F401  (moved there; kept importable from here)
+from tlbench.errors import first_line
 from tlbench.freeze import check_phases, describe
 from tlbench.head_init import final_linear, init_head
 from tlbench.measure import FLOPS_METHOD, PeakMemory, Stopwatch, environment, forward_flops
@@ -25,22 +26,11 @@ from tlbench.plan import Trial, strategy_plan
 from tlbench.prefix_cache import PrefixCache, serve
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.registry import Plugins
-from tlbench.records import SCHEMA_VERSION, Record, RecordError
+from tlbench.records import SCHEMA_VERSION, Record, RecordError, failed_record
 from tlbench.trainer import (TrialDiverged, autocast_context, extract_features, resolve_amp, resolve_channels_last,
                              resolve_eval_batch_size)
 from tlbench.types import ImageSplits, UsageError
-
-
-def resolve(registry: Any, name: str, hint: str = "") -> tuple[Any, str | None]:
-    """``timm:resnet50`` -> (the timm family, "resnet50"); ``efficientnet_lite0`` -> (that family, None)."""
-    family_name, sep, argument = name.partition(":")
-    family = registry.get(family_name, hint)
-    if family.takes_argument and not argument:
-        raise UsageError(f"{registry.kind} {family_name!r} needs an argument: {family_name}:<...> "
-                         f"(see `tlbench list {registry.plural}`)")
-    if not family.takes_argument and sep:
-        raise UsageError(f"{registry.kind} {family_name!r} takes no argument; use {family_name!r}")
-    return family, (argument if sep else None)
+from tlbench.store import write_weights
 
 
 @dataclass
@@ -49,10 +39,6 @@ class LoadedData:
     seconds: float
     cache: str  # "hit" / "miss" (disk cache) for the first trial that uses it, then "shared in run"
     reported: bool = False
-
-
-def _trial_label(trial: Trial) -> str:
-    return f"{trial.dataset} / {trial.backbone} / {trial.label} / seed {trial.seed}"
 
 
 class TrialRunner:
@@ -79,7 +65,7 @@ class TrialRunner:
         took and whether the disk cache hit, even when the pre-run check did the loading."""
         key = self.data_key(trial)
         if key not in self._data:
-            family, argument = resolve(self.plugins.datasets, trial.dataset, self.plugins.failure_hint())
+            family, argument = self.plugins.datasets.resolve(trial.dataset, self.plugins.failure_hint())
             start = time.perf_counter()
             splits = load_splits(family, argument, trial.load_options)
             cache = str(splits.source.pop("cache", "n/a"))  # recorded apart: records must not differ by it
@@ -114,7 +100,7 @@ class TrialRunner:
             data = self.load_data(trial)
             if trial.backbone not in built:
                 # Built once for real, so missing weights (offline) are reported now, not by every trial later.
-                family, argument = resolve(self.plugins.backbones, trial.backbone, hint)
+                family, argument = self.plugins.backbones.resolve(trial.backbone, hint)
                 built[trial.backbone] = family.build(argument, len(data.splits.classes),
                                                      pretrained=needs_weights[trial.backbone])
             if trial.protocol.get("head_init", "pytorch") != "pytorch" and final_linear(
@@ -151,7 +137,7 @@ class TrialRunner:
         except TrialDiverged as exc:
             record.update(status="diverged", error=str(exc))
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            record.update(status="failed", error=f"out of memory: {str(exc).splitlines()[0] if str(exc) else ''}")
+            record.update(status="failed", error=f"out of memory: {first_line(exc)}")
         except UsageError as exc:
             record.update(status="failed", error=str(exc))
         except Exception as exc:  # one broken trial must not stop the grid: record it and go on
@@ -166,15 +152,13 @@ class TrialRunner:
         try:
             return Record.from_json_dict(json.loads(json.dumps(record, default=str)))
         except RecordError as exc:  # e.g. a plugin reported a non-finite number: the trial failed, say why
-            return Record.from_json_dict(json.loads(json.dumps({
-                **{k: record[k] for k in ("schema", "key", "trial", "command", "created", "environment")},
-                "status": "failed", "error": f"the trial's record is invalid: {exc}",
-                "metrics": {"wall_s": wall, "time_s": {"total": wall}}}, default=str)))
+            return failed_record(record["trial"], f"the trial's record is invalid: {exc}", wall_s=wall,
+                                 command=command, environment=self._environment)
 
     def _run(self, trial: Trial) -> dict[str, Any]:
         hint = self.plugins.failure_hint()
         strategy = self.plugins.strategies.get(trial.strategy, hint)
-        family, argument = resolve(self.plugins.backbones, trial.backbone, hint)
+        family, argument = self.plugins.backbones.resolve(trial.backbone, hint)
         protocol = self.resolved_protocol(trial)
         if protocol["deterministic"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
@@ -204,7 +188,7 @@ class TrialRunner:
             train_model = torch.compile(model) if protocol["compile"] else model
             steps_per_epoch = max(1, len(splits.train_labels) // protocol["batch_size"])
             total_steps = steps_per_epoch * sum(p.resolved_epochs(protocol["epochs"]) for p in plan.all_phases())
-            bar = self.progress(_trial_label(trial), total_steps) if self.progress else nullcontext(None)
+            bar = self.progress(trial.title, total_steps) if self.progress else nullcontext(None)
             with bar as progress_bar:
                 built = BuiltTrial(plan, backbone, group_of, surgery, model, train_model, prep, splits, protocol)
                 services = PlanServices(
@@ -282,8 +266,6 @@ class TrialRunner:
         """The weights the test split just scored (best validation epoch restored, after the after-training step,
         modules added by surgery included) as ``<weights_dir>/<key>.safetensors``. A file that cannot be written
         leaves the trial ok: the record says why there is none (export then re-runs the trial)."""
-        from tlbench.store import write_weights
-
         path = os.path.join(self.weights_dir, f"{trial.key}.safetensors")
         try:
             saved = write_weights(path, model.state_dict(), {"tlbench_trial_key": trial.key})

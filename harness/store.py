@@ -1,4 +1,6 @@
-"""Results are files: one JSON record per trial, written atomically, claimed atomically.
+"""Results are files: one JSON record per trial, written atomically, claimed atomically. This module alone knows the
+results folder's layout: ``<key>.json`` records, ``<key>.lock`` claims, ``<key>.safetensors`` weights, and the sweep
+files of ``--tune`` under ``tuning/``.
 
 A record appears whole or not at all (temp file, fsync, rename), so a ``kill -9`` at any moment leaves either the
 old state or the finished record. Two processes on one directory claim a trial with an exclusive lock on
@@ -13,6 +15,7 @@ chosen on validation (:meth:`ResultStore.prune_weights`).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -21,14 +24,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from safetensors.torch import save
+
 from tlbench.records import KEY_PATTERN, SCHEMA_VERSION, Record, RecordError, best_on_validation
+from tlbench.sweeps import Sweep, SweepError
 from tlbench.types import UsageError
 
 __all__ = ["SCHEMA_VERSION", "ResultStore", "atomic_write_bytes", "atomic_write_text", "default_results_dir"]
 WEIGHTS_SUFFIX = ".safetensors"
-SAVE_MODELS = ("none", "best", "all")
 RESULTS_ENV = "TLBENCH_RESULTS_DIR"
 DEFAULT_RESULTS_DIR = "tlbench-results"
+SWEEP_DIR = "tuning"  # <results>/tuning/<sweep key>.json: what `tlbench run --tune` chose
 
 
 def default_results_dir() -> Path:
@@ -71,26 +77,11 @@ def atomic_write_bytes(path: Path, data: bytes, readable_by_all: bool = False) -
 def write_weights(path: Path, state_dict: Any, metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """A state dict as a safetensors file, written atomically; returns its size and sha256 (for the record).
     Tensors are copied to the CPU, contiguous, and unshared (safetensors refuses shared storage)."""
-    import hashlib
-
-    from safetensors.torch import save
-
     tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state_dict.items()}
     data = save(tensors, metadata=metadata)
     atomic_write_bytes(Path(path), data)
     return {"file": Path(path).name, "format": "safetensors", "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(), "tensors": len(tensors)}
-
-
-def save_models_choice(overrides: dict[str, Any]) -> str:
-    """Take the ``save_models`` setting (``tlbench run --save-models``) out of a grid's ``--set`` overrides: it says
-    which trained weights the results directory keeps, not what a trial is, so it is no part of any trial key.
-    "none" (the library's default), "best" (per dataset x backbone, the trial best on validation) or "all"."""
-    value = overrides.pop("save_models", "none")
-    if value not in SAVE_MODELS:
-        raise UsageError(f"save_models must be one of {', '.join(SAVE_MODELS)}, got {value!r}; "
-                         f"use --save-models {'|'.join(SAVE_MODELS)}")
-    return value
 
 
 class ResultStore:
@@ -137,6 +128,34 @@ class ResultStore:
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- sweeps (tlbench run --tune)
+    @property
+    def sweep_dir(self) -> Path:
+        return self.root / SWEEP_DIR
+
+    def sweeps(self) -> list[Sweep]:
+        """Every valid sweep file of the directory; an invalid one is skipped with one warning line."""
+        if not self.sweep_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.sweep_dir.glob("*.json")):
+            try:
+                sweep = Sweep.from_json_dict(json.loads(path.read_text(encoding="utf-8"),
+                                                        parse_constant=_no_sweep_constant))
+                if path.stem != sweep.key:
+                    raise SweepError(f"the file holds sweep {sweep.key}; rename it to {sweep.key}.json")
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                self.warn(f"skipping {path}: not a valid sweep file ({exc})")
+                continue
+            found.append(sweep)
+        return found
+
+    def write_sweep(self, sweep: Sweep) -> Path:
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        path = self.sweep_dir / f"{sweep.key}.json"
+        atomic_write_text(path, json.dumps(sweep.to_json_dict(), indent=1, allow_nan=False) + "\n")
+        return path
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
@@ -302,3 +321,7 @@ class ResultStore:
             return
         (self.root / f"{key}.lock").unlink(missing_ok=True)  # unlink while holding: late openers re-check inode
         os.close(fd)
+
+
+def _no_sweep_constant(name: str) -> Any:
+    raise SweepError(f"{name} is not a JSON number")

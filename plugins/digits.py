@@ -64,7 +64,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 def load_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 images as uint8 (N, 8, 8) and their labels (int64), from scikit-learn."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # deferred: optional (the digits extra)
     except ImportError as exc:  # registry.get refuses first; this covers direct calls
         raise UsageError(f"dataset 'digits' needs an optional package: {INSTALL_HINT}") from exc
     bunch = load_digits()

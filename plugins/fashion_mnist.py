@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torchvision
 
 from tlbench import ImageSplits, UsageError, hookimpl
 from tlbench.digests import digest_of, file_sha256, files_fingerprint
@@ -63,8 +64,6 @@ def find_files() -> dict[str, Path] | None:
 
 def download() -> dict[str, Path]:
     """For users without the Debian package: torchvision downloads the files into its raw folder."""
-    import torchvision
-
     try:
         torchvision.datasets.FashionMNIST(str(data_dir()), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(data_dir()), train=False, download=True)
@@ -106,8 +105,6 @@ class FashionMnist:
         return digest_of(files_fingerprint(files.values(), Path("/")), options)
 
     def load(self, argument: str | None, options: Mapping[str, Any]) -> ImageSplits:
-        import torchvision
-
         options = self.validate(options)
         files = find_files() or download()
         arrays = {key: read_idx(path) for key, path in files.items()}

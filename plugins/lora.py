@@ -50,7 +50,7 @@ class InjectLoRA:
     targets: str
 
     def __call__(self, backbone: Backbone) -> dict[str, Any]:
-        import peft
+        import peft  # deferred: optional (the peft extra)
 
         names = lora_targets(backbone.model, backbone.head, self.targets)
         if not names:

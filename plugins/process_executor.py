@@ -20,7 +20,10 @@ import threading
 import time
 from typing import Any, Sequence
 
+import torch
+
 from tlbench import hookimpl
+from tlbench.jobs import finish_from_reply, partition, run_job_reply, set_worker_threads
 from tlbench.types import UsageError
 
 READY = "tlbench-worker-ready"
@@ -59,8 +62,6 @@ class ProcessExecutor:
                 raise UsageError(f"executor.{key} must be >= 1, got {value}")
 
     def execute(self, jobs: Sequence[Any], session: Any) -> None:
-        from tlbench.jobs import partition
-
         gpus = _visible_gpus(jobs[0].device if jobs else None)
         workers = session.options.get("workers") or max(1, len(gpus))
         # two batches per worker where groups allow, taken from a queue: a worker done early takes the next batch
@@ -115,7 +116,6 @@ def _visible_gpus(device: str | None) -> list[str]:
     """GPU ids to give one per child when trials run on CUDA without a fixed index; none on CPU."""
     if device not in (None, "cuda"):
         return []
-    import torch
 
     if not torch.cuda.is_available():
         return []
@@ -173,8 +173,6 @@ class _Slot:
         self.child = None
 
     def run_batch(self, batch: list[Any], session: Any) -> None:
-        from tlbench.jobs import finish_from_reply
-
         if batch and batch[0].group != self.group:  # another dataset x backbone: a fresh process
             self.close()
             self.group = batch[0].group
@@ -215,7 +213,6 @@ def child_main() -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the trial prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
-    from tlbench.jobs import run_job_reply, set_worker_threads
 
     set_worker_threads(int(os.environ.get("TLBENCH_WORKER_THREADS", "0")) or None)
     protocol.write(READY + "\n")

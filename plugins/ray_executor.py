@@ -14,6 +14,8 @@ import time
 from typing import Any, Sequence
 
 from tlbench import Extra, hookimpl
+from tlbench.errors import first_line
+from tlbench.jobs import finish_from_reply, partition, run_job_reply, set_worker_threads
 from tlbench.types import UsageError
 
 
@@ -21,13 +23,9 @@ class TrialActor:
     """One Ray actor: a tlbench worker process that runs the jobs it is sent, data and features kept warm."""
 
     def __init__(self, threads: int | None):
-        from tlbench.jobs import set_worker_threads
-
         set_worker_threads(threads)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        from tlbench.jobs import run_job_reply
-
         return run_job_reply(job)
 
     def pid(self) -> int:
@@ -61,9 +59,7 @@ class RayExecutor:
             raise UsageError(f"executor.retries must be an integer >= 0, got {options.get('retries')}")
 
     def execute(self, jobs: Sequence[Any], session: Any) -> None:
-        import ray
-
-        from tlbench.jobs import finish_from_reply, partition
+        import ray  # deferred: optional (the ray extra)
 
         options = session.options
         started_here = False
@@ -121,7 +117,7 @@ class RayExecutor:
                         if attempt <= options["retries"] and not session.stopping:
                             dispatch(slot, [job, *rest], attempt + 1)
                             continue
-                        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        reason = first_line(exc)
                         session.fail(job, f"trial lost: its Ray actor died {attempt} time(s) ({reason})",
                                      time.perf_counter() - t0)
                     else:

@@ -13,13 +13,13 @@ import time
 from typing import Any, Sequence
 
 from tlbench import Extra, hookimpl
+from tlbench.errors import first_line
+from tlbench.jobs import finish_from_reply, partition, run_job_reply, set_worker_threads
 from tlbench.types import UsageError
 
 
 def run_task(job: dict[str, Any], threads: int | None) -> dict[str, Any]:
     """One array task: a tlbench worker that runs one trial job and returns the reply to the driver."""
-    from tlbench.jobs import run_job_reply, set_worker_threads
-
     set_worker_threads(threads)
     return run_job_reply(job)
 
@@ -42,9 +42,7 @@ class SlurmExecutor:
                 raise UsageError(f"executor.{key} must be an integer >= 1, got {options.get(key)!r}")
 
     def execute(self, jobs: Sequence[Any], session: Any) -> None:
-        import submitit
-
-        from tlbench.jobs import finish_from_reply, partition
+        import submitit  # deferred: optional (the slurm extra)
 
         options = session.options
         # torch threads per task: the CPUs Slurm gives it; local tasks all run at once, so one each
@@ -76,7 +74,7 @@ class SlurmExecutor:
                     try:
                         reply = handle.result()
                     except Exception as exc:  # the task failed outside the trial: node lost, timeout, killed
-                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        first = first_line(exc)
                         session.fail(job, f"trial lost: Slurm task {handle.job_id} failed ({first})",
                                      time.perf_counter() - t0)
                         continue

@@ -24,12 +24,7 @@ from torch import nn
 
 from tlbench import LINEAR_DEFAULT_INIT, Backbone, Preprocessing, UsageError, hookimpl
 from tlbench.digests import file_sha256
-
-
-def one_line(exc: BaseException) -> str:
-    """First line of an exception: hub errors span many lines, a UsageError must be one."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+from tlbench.errors import exception_summary
 
 
 # ------------------------------------------------------------------------------------ shared with efficientnet_lite
@@ -178,7 +173,7 @@ class TimmBackbones:
                 overlay = dict(state_dict=load_weights_file(path))  # timm only maps it onto the model
             except Exception as exc:
                 raise UsageError(f"could not read weights file {str(path)!r} for timm:{model_name} safely "
-                                 f"({one_line(exc)}); give a .safetensors file or a plain torch state dict") from exc
+                                 f"({exception_summary(exc)}); give a .safetensors file or a plain torch state dict") from exc
         elif pretrained:
             if not default_cfg or not _resolve_pretrained_source(default_cfg.to_dict())[0]:
                 raise UsageError(f"timm has no pretrained weights for {model_name!r}; pass a local file "
@@ -192,9 +187,9 @@ class TimmBackbones:
                 raise
             if weights_file:
                 raise UsageError(f"could not load weights file {str(path)!r} into timm:{model_name} "
-                                 f"({one_line(exc)}); is it a checkpoint of this architecture?") from exc
+                                 f"({exception_summary(exc)}); is it a checkpoint of this architecture?") from exc
             raise UsageError(
-                f"could not fetch pretrained weights for timm:{model_name} ({one_line(exc)}); offline, put them in "
+                f"could not fetch pretrained weights for timm:{model_name} ({exception_summary(exc)}); offline, put them in "
                 f"the Hugging Face cache (HF_HOME; now {huggingface_hub.constants.HF_HUB_CACHE}) or the torch hub "
                 f"cache ({os.path.join(torch.hub.get_dir(), 'checkpoints')}), or pass a local file: "
                 f"-b timm:{model_name}@/path/to/weights.safetensors") from exc

@@ -21,7 +21,7 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights, list_m
 
 from tlbench import LINEAR_DEFAULT_INIT, Backbone, Preprocessing, UsageError, hookimpl
 from tlbench.digests import file_sha256
-from tlbench.plugins.timm_backbones import one_line
+from tlbench.errors import exception_summary
 
 
 @dataclass
@@ -173,12 +173,12 @@ class TorchvisionBackbones:
                 # torchvision's own loader (cache first, then download), but never unpickling arbitrary objects.
                 state_dict = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
             except Exception as exc:
-                raise UsageError(f"could not load {weights} for torchvision:{model_name} ({one_line(exc)}); "
+                raise UsageError(f"could not load {weights} for torchvision:{model_name} ({exception_summary(exc)}); "
                                  f"offline, download {weights.url} and put it at {path}") from exc
             try:
                 model.load_state_dict(state_dict)
             except RuntimeError as exc:
-                raise UsageError(f"{path} is not a checkpoint of {weights} ({one_line(exc)}); delete it so it is "
+                raise UsageError(f"{path} is not a checkpoint of {weights} ({exception_summary(exc)}); delete it so it is "
                                  f"downloaded again, or put the file from {weights.url} there") from exc
             record = {"source": f"torchvision:{weights}", "url": weights.url, "file": path,
                       "sha256": file_sha256(path)}

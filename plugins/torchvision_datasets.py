@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from torchvision.datasets import CIFAR10, DTD, EuroSAT, Flowers102, OxfordIIITPet
 
 from tlbench import ImageSplits, UsageError, hookimpl
 from tlbench.digests import digest_of, files_fingerprint
@@ -38,34 +39,29 @@ class TorchvisionDataset:
 
 def _cifar10(train: bool):
     def build(root: str, options: Mapping[str, Any]):
-        from torchvision.datasets import CIFAR10
         return CIFAR10(root, train=train, download=True)
     return build
 
 
 def _flowers102(split: str):
     def build(root: str, options: Mapping[str, Any]):
-        from torchvision.datasets import Flowers102
         return Flowers102(root, split=split, download=True)
     return build
 
 
 def _pets(split: str):
     def build(root: str, options: Mapping[str, Any]):
-        from torchvision.datasets import OxfordIIITPet
         return OxfordIIITPet(root, split=split, target_types="category", download=True)
     return build
 
 
 def _dtd(split: str):
     def build(root: str, options: Mapping[str, Any]):
-        from torchvision.datasets import DTD
         return DTD(root, split=split, partition=options["partition"], download=True)
     return build
 
 
 def _eurosat(root: str, options: Mapping[str, Any]):
-    from torchvision.datasets import EuroSAT
     return EuroSAT(root, download=True)
 
 

@@ -141,16 +141,18 @@ def test_dataset_example_splits_an_npz_file(install_examples, tmp_path, tiny_bac
 
 def test_executor_example_runs_trials_in_worker_processes(install_examples, tmp_path, tiny_backbone):
     install_examples("example_executor")
-    result = tlbench.run_grid(["frozen", "full"], [tiny_backbone], ["synthetic"], settings=["epochs=1"],
-                              results_dir=tmp_path / "r", executor="pool", progress="off")
+    result = tlbench.run_grid(tlbench.RunSpec(strategies=["frozen", "full"], backbones=[tiny_backbone],
+                                              datasets=["synthetic"], settings=["epochs=1"], results_dir=tmp_path / "r",
+                                              executor="pool", progress="off"))
     assert result.exit_code == 0 and len(result.ok) == 2, [r.error for r in result.failed]
     for record in result.ok:
         assert record.executor["name"] == "pool"
         assert record.executor["options"] == {"workers": 2, "threads_per_worker": 1}
     assert len({r.executor["pid"] for r in result.ok} - {__import__("os").getpid()}) >= 1, "ran in workers"
     with pytest.raises(tlbench.UsageError, match="executor.workers must be an integer >= 1"):
-        tlbench.run_grid(["frozen"], [tiny_backbone], ["synthetic"], settings=["executor.workers=0"],
-                         results_dir=tmp_path / "bad", executor="pool")
+        tlbench.run_grid(tlbench.RunSpec(strategies=["frozen"], backbones=[tiny_backbone], datasets=["synthetic"],
+                                         settings=["executor.workers=0"], results_dir=tmp_path / "bad",
+                                         executor="pool"))
 
 
 def test_executor_example_stops_the_grid_when_a_worker_refuses(install_examples):

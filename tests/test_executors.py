@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlbench import run_grid
+from tlbench import RunSpec, run_grid
 from tlbench.grid import Reporter
 from tlbench.jobs import TrialJob, WorkerRefused, code_versions, describe_mismatch, partition, run_job
 from tlbench.types import UsageError
@@ -34,9 +34,10 @@ class Lines(Reporter):
 
 def grid(tiny_backbone, results, executor, strategies=("frozen", "full"), seeds=1, settings=(), **kwargs):
     reporter = Lines()
-    result = run_grid(strategies, [tiny_backbone], ["synthetic"], seeds=seeds, settings=[*SETTINGS, *settings],
-                      results_dir=results, executor=executor, device="cpu", progress="off", reporter=reporter,
-                      **kwargs)
+    spec = RunSpec(strategies=strategies, backbones=[tiny_backbone], datasets=["synthetic"], seeds=seeds,
+                   settings=[*SETTINGS, *settings], results_dir=results, executor=executor, device="cpu",
+                   progress="off", **kwargs)
+    result = run_grid(spec, reporter=reporter)
     return result, reporter
 
 

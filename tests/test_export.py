@@ -112,11 +112,10 @@ def exported_test_top1(folder: Path, record: Record, fmt: str) -> tuple[float, i
     from tlbench.data_cache import load_splits
     from tlbench.export import _trial_of, load_export, predictions
     from tlbench.registry import Plugins
-    from tlbench.runner import resolve
 
     exported = load_export(folder)
     trial = _trial_of(record)
-    family, argument = resolve(Plugins().datasets, trial.dataset)
+    family, argument = Plugins().datasets.resolve(trial.dataset)
     splits = load_splits(family, argument, trial.load_options)
     _, forward = exported.forward(fmt)
     got = predictions(forward, splits.test_images, exported.preprocessor(), 32)

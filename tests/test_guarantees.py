@@ -393,7 +393,7 @@ def place_dtd(root: Path) -> tuple[None, dict]:
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 OFFLINE = {  # dataset -> how the test gets its files (None: built in or generated)
     "fashion-mnist": None, "synthetic": None, "imagefolder": place_imagefolder, "eurosat": place_eurosat,
-    "oxford-pets": place_pets, "dtd": place_dtd,
+    "oxford-pets": place_pets, "dtd": place_dtd, "digits": None,
 }
 NOT_OFFLINE = {  # torchvision verifies these files' md5 sums, so a test cannot place stand-ins
     "cifar10": "CIFAR10 checks the md5 of every batch file",
@@ -416,6 +416,8 @@ def no_network(monkeypatch):
 def test_no_image_is_shared_between_train_val_and_test(name, tmp_path, monkeypatch, no_network):
     if name == "fashion-mnist" and not FASHION_MNIST.exists():
         pytest.skip("apt-get install dataset-fashion-mnist")
+    if name == "digits":
+        pytest.importorskip("sklearn", reason="pip install 'tlbench[digits]'")
     monkeypatch.setenv("TLBENCH_DATA_DIR", str(tmp_path / "data"))
     argument, options = (OFFLINE[name] or (lambda root: (None, {})))(tmp_path / "data")
     family = Plugins(load_third_party=False).datasets.get(name)

@@ -70,12 +70,11 @@ def harness_labels(record, results) -> dict[str, int]:
     from tlbench.export import _trial_of, predictions, trained_model
     from tlbench.preprocess import DevicePreprocessor
     from tlbench.registry import Plugins
-    from tlbench.runner import resolve
 
     plugins = Plugins()
     trained = trained_model(record, results, plugins)
     trial = _trial_of(record)
-    family, argument = resolve(plugins.datasets, trial.dataset)
+    family, argument = plugins.datasets.resolve(trial.dataset)
     splits = load_splits(family, argument, trial.load_options)
     prep = DevicePreprocessor(trained.preprocessing, "none", trained.channels_last)
     labels = predictions(trained.model, splits.test_images, prep, 32)

@@ -41,13 +41,13 @@ def test_a_cpu_trial_trains_in_channels_last_by_default_and_records_what_ran(tmp
     seen: list[tuple[bool, bool]] = []
     original = tlbench.runner.run_plan
 
-    def spy(plan, backbone, group_of, surgery, model, train_model, prep, splits, *args, **kwargs):
-        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
-        batch = prep.train(splits.train_images[:2])
+    def spy(built, *args, **kwargs):
+        conv = next(m for m in built.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+        batch = built.prep.train(built.splits.train_images[:2])
         seen.append((conv.weight.is_contiguous(memory_format=torch.channels_last) and
                      not conv.weight.is_contiguous(),
                      batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()))
-        return original(plan, backbone, group_of, surgery, model, train_model, prep, splits, *args, **kwargs)
+        return original(built, *args, **kwargs)
 
     monkeypatch.setattr(tlbench.runner, "run_plan", spy)
     (default,) = _run(tmp_path / "a", tiny_backbone).values()

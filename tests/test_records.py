@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tlbench import run_grid
+from tlbench import RunSpec, run_grid
 from tlbench.cli import cli
 from tlbench.records import Record, RecordError
 from tlbench.store import ResultStore
@@ -201,8 +201,9 @@ def test_a_trial_busy_in_a_process_that_dies_is_run_here_before_the_grid_ends(tm
 
     results = tmp_path / "results"
     settings = ["epochs=1", "data.train_size=64"]
-    first = run_grid(["frozen"], [tiny_backbone], ["synthetic"], seeds=2, settings=settings, results_dir=results,
-                     device="cpu", progress="off")
+    spec = RunSpec(strategies=["frozen"], backbones=[tiny_backbone], datasets=["synthetic"], seeds=2,
+                   settings=settings, results_dir=results, device="cpu", progress="off")
+    first = run_grid(spec)
     victim = first.records[0].key
     (results / f"{victim}.json").unlink()  # as if its owner had been killed before writing it
     holder = subprocess.Popen([sys.executable, "-c", f"""
@@ -224,8 +225,7 @@ time.sleep(600)
             messages.append(text)
 
     try:
-        again = run_grid(["frozen"], [tiny_backbone], ["synthetic"], seeds=2, settings=settings, results_dir=results,
-                         device="cpu", progress="off", reporter=Collect(), retry_failed=True)
+        again = run_grid(spec.replace(redo="failed"), reporter=Collect())
     finally:
         holder.kill()
         holder.wait()

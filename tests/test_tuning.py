@@ -20,13 +20,15 @@ from click.testing import CliRunner
 from torch import nn
 
 import tlbench.cli
-from tlbench import Backbone, ImageSplits, Preprocessing, Strategy, TrainPlan, UsageError, log_grid, tune_grid
+from tlbench import (Backbone, ImageSplits, Preprocessing, RunSpec, Strategy, TrainPlan, TuneSpec, UsageError, log_grid,
+                     tune_grid)
 from tlbench.cli import cli
 from tlbench.plan import build_trials
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
-from tlbench.tuning import (DEFAULT_BUDGET, Candidate, Sweep, check_search_space, choose, configurations,
-                            read_sweeps, sample_configurations, search_space, write_sweep)
+from tlbench.search_space import check_search_space, configurations, sample_configurations, search_space
+from tlbench.spec import DEFAULT_BUDGET
+from tlbench.sweeps import Candidate, Sweep, choose
 
 CLASSES = 3
 SIZE = 12  # images per split
@@ -111,12 +113,17 @@ def tuning_plugins(*strategies) -> Plugins:
 SETTINGS = {"epochs": 3, "head_init": "zeros", "batch_size": 4}
 
 
+RUNTIME = ("reporter", "plugins", "warn")  # tune_grid's own arguments; TuneSpec's and RunSpec's fields go there
+
+
 def tune(tmp_path: Path, strategies=("knob",), plugins=None, **kwargs):
-    plugins = plugins or tuning_plugins(*(Knob, Knob2))
-    options = dict(budget=2, seeds=2, settings=SETTINGS, results_dir=tmp_path / "results", plugins=plugins,
-                   progress="off", device="cpu")
+    options = dict(budget=2, seeds=2, settings=SETTINGS, results_dir=tmp_path / "results", progress="off",
+                   device="cpu", plugins=plugins or tuning_plugins(*(Knob, Knob2)))
     options.update(kwargs)
-    return tune_grid(list(strategies), ["onehot"], ["disagree"], **options)
+    runtime = {k: options.pop(k) for k in RUNTIME if k in options}
+    tuning = TuneSpec(**{k: options.pop(k) for k in ("budget", "selection_seeds", "sample_seed") if k in options})
+    spec = RunSpec(strategies=list(strategies), backbones=["onehot"], datasets=["disagree"], **options)
+    return tune_grid(spec, tuning, **runtime)
 
 
 def records_by_key(results: Path) -> dict:
@@ -260,7 +267,7 @@ def test_every_strategy_gets_the_same_budget_and_it_is_recorded(tmp_path):
     assert len({json.dumps({k: v for k, v in b.items() if k != "space_size"}) for b in budgets.values()}) == 1
     assert budgets["frozen"] == {"configurations": 2, "space_size": 4, "epochs_per_configuration": 3,
                                  "selection_seeds": 1, "trials": 2, "epochs": 6}
-    sweeps = {s.strategy: s for s in read_sweeps(tmp_path / "results")}
+    sweeps = {s.strategy: s for s in ResultStore(tmp_path / "results").sweeps()}
     assert {name: len(s.candidates) for name, s in sweeps.items()} == {"knob": 2, "knob2": 2, "frozen": 2}
     assert sweeps["frozen"].budget == budgets["frozen"] and "2 of 4 drawn" in sweeps["frozen"].sampling
     selection_trials = [t for t in result.selection.trials]
@@ -319,7 +326,7 @@ def test_a_sweep_stopped_halfway_resumes_without_redoing_finished_configurations
     assert second.selection.skipped == 3 and len(second.selection.ok) == 1  # only the fourth configuration
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in results.glob("*.json")
             if p.name in done} == done  # finished records untouched
-    assert len(read_sweeps(results)) == 2
+    assert len(ResultStore(results).sweeps()) == 2
     third = tune(tmp_path, ["knob", "knob2"], seeds=1)  # all done: nothing runs, the same choice
     assert third.selection.skipped == 4 and third.reporting.skipped == 2 and not third.reporting.ok
     assert [s.to_json_dict() for s in third.sweeps] == [s.to_json_dict() for s in second.sweeps]
@@ -361,7 +368,7 @@ def test_an_invalid_sweep_file_is_skipped_with_one_warning(tmp_path, change):
     raw = a_sweep(**change)
     (directory / f"{raw['key'] if isinstance(raw.get('key'), str) else 'x'}.json").write_text(json.dumps(raw))
     warnings = []
-    assert read_sweeps(tmp_path, warnings.append) == [] and len(warnings) == 1 and "not a valid sweep" in warnings[0]
+    assert ResultStore(tmp_path, warn=warnings.append).sweeps() == [] and len(warnings) == 1 and "not a valid sweep" in warnings[0]
 
 
 @pytest.mark.parametrize("text", ["{", "[]", "null", '{"val": NaN}', "\xff"])
@@ -370,7 +377,7 @@ def test_a_sweep_file_that_is_not_a_json_object_is_skipped(tmp_path, text):
     directory.mkdir()
     (directory / "x.json").write_bytes(text.encode("latin-1"))
     warnings = []
-    assert read_sweeps(tmp_path, warnings.append) == [] and len(warnings) == 1
+    assert ResultStore(tmp_path, warn=warnings.append).sweeps() == [] and len(warnings) == 1
 
 
 def test_a_non_finite_validation_score_in_a_sweep_file_is_refused(tmp_path):
@@ -379,16 +386,16 @@ def test_a_non_finite_validation_score_in_a_sweep_file_is_refused(tmp_path):
     (tmp_path / "tuning").mkdir()
     (tmp_path / "tuning" / f"{raw['key']}.json").write_text(text)
     warnings = []
-    assert read_sweeps(tmp_path, warnings.append) == [] and "Infinity" in warnings[0]
+    assert ResultStore(tmp_path, warn=warnings.append).sweeps() == [] and "Infinity" in warnings[0]
 
 
 def test_a_sweep_file_round_trips_and_must_be_named_after_its_key(tmp_path):
     sweep = Sweep.from_json_dict(a_sweep())
-    path = write_sweep(tmp_path, sweep)
-    assert [s.to_json_dict() for s in read_sweeps(tmp_path)] == [sweep.to_json_dict()]
+    path = ResultStore(tmp_path).write_sweep(sweep)
+    assert [s.to_json_dict() for s in ResultStore(tmp_path).sweeps()] == [sweep.to_json_dict()]
     os.rename(path, path.with_name("renamed.json"))
     warnings = []
-    assert read_sweeps(tmp_path, warnings.append) == [] and "rename it" in warnings[0]
+    assert ResultStore(tmp_path, warn=warnings.append).sweeps() == [] and "rename it" in warnings[0]
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -477,7 +484,7 @@ def test_a_sweep_killed_with_sigkill_mid_trial_resumes_without_redoing_finished_
     assert final.returncode == 0, final.stderr
     assert "4 trial(s), 2 already done, 2 to run" in final.stderr
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in results.glob("*.json") if p.name in done} == done
-    (sweep,) = read_sweeps(results)
+    (sweep,) = ResultStore(results).sweeps()
     assert len(sweep.candidates) == 4 and all(c.val_top1 is not None for c in sweep.candidates)
     assert len(list(results.glob("*.json"))) == 5  # 4 configurations + 1 reporting seed
 
@@ -486,9 +493,10 @@ def test_a_sweep_runs_through_another_executor_with_the_same_choice(tmp_path, ti
     """Configurations are ordinary trials: the process executor runs them in a child and the choice is the same."""
     choices = {}
     for executor in ("local", "process"):
-        result = tune_grid(["frozen"], [tiny_backbone], ["synthetic"], budget=2, seeds=1, executor=executor,
-                           settings={"epochs": 1, "data.train_size": 64}, results_dir=tmp_path / executor,
-                           progress="off", device="cpu")
+        spec = RunSpec(strategies=["frozen"], backbones=[tiny_backbone], datasets=["synthetic"], seeds=1,
+                       executor=executor, settings={"epochs": 1, "data.train_size": 64},
+                       results_dir=tmp_path / executor, progress="off", device="cpu")
+        result = tune_grid(spec, TuneSpec(budget=2))
         assert result.exit_code == 0
         (sweep,) = result.sweeps
         choices[executor] = (sweep.chosen_config, [c.val_top1 for c in sweep.candidates])

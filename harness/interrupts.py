@@ -1,0 +1,40 @@
+"""SIGINT and SIGTERM stop tlbench cleanly: finished records are kept, the summary and the resume command are shown.
+
+The one owner of that rule: :func:`on_sigterm` turns SIGTERM into :class:`GridInterrupted` (SIGINT already is a
+KeyboardInterrupt); ``tlbench``'s entry point installs it for the whole command, and :class:`raise_on_sigterm`
+installs it around a grid run from the library (restoring what was there).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+
+class GridInterrupted(BaseException):
+    """SIGINT or SIGTERM reached the driver: stop dispatching, keep every finished record."""
+
+    def __init__(self, signal_name: str, exit_code: int):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise GridInterrupted("SIGTERM", 143)
+
+
+class raise_on_sigterm:
+    """SIGTERM (like SIGINT) becomes an exception in the driver's main thread while the block runs, so the grid
+    stops cleanly, keeps its records and reports; restored afterwards. Outside the main thread, nothing is
+    installed (signals reach only the main thread)."""
+
+    def __enter__(self) -> "raise_on_sigterm":
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, on_sigterm)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
