@@ -18,8 +18,10 @@ from tlbench.freeze import AppliedPhase, apply_phase, describe, recalibrate_batc
 from tlbench.measure import train_step_flops
 from tlbench.prefix_cache import CachedPrefix, PrefixPlan, plan_prefix
 from tlbench.preprocess import DevicePreprocessor
-from tlbench.trainer import (BestEpoch, Evaluation, FitPhase, FitResult, FitRun, ScheduleSpan, Split,
-                             autocast_context, evaluate, fit)
+from tlbench.shared_phases import (SharedPhase, TrialSharing, merge_best, phase_key, rng_states, set_rng_states,
+                                   start_key)
+from tlbench.trainer import (BestEpoch, Evaluation, FitPhase, FitResult, FitRun, ScheduleSpan, Split, autocast_context,
+                             evaluate, fit)
 from tlbench.types import Backbone, ImageSplits, TrainingContext, TrainPlan, UsageError
 
 
@@ -40,6 +42,7 @@ class PhaseOutcome:
     applied: AppliedPhase
     on_features: bool
     flops_per_image: float
+    shared_from: dict[str, str] | None = None  # the trial and phase it was reused from (tlbench.shared_phases)
 
 
 @dataclass
@@ -67,11 +70,18 @@ class PlanOutcome:
 
     @property
     def train_seconds(self) -> float:
-        return sum(phase.fit.train_seconds for phase in self.phases)
+        """Training seconds this trial spent (a phase reused from another trial cost it none)."""
+        return sum(phase.fit.train_seconds for phase in self.phases if phase.shared_from is None)
 
     @property
     def val_seconds(self) -> float:
-        return sum(phase.fit.val_seconds for phase in self.phases)
+        return sum(phase.fit.val_seconds for phase in self.phases if phase.shared_from is None)
+
+    @property
+    def shared_seconds(self) -> float | None:
+        """What the reused phases cost the trial that computed them (training and validation); None: none."""
+        shared = [p.fit for p in self.phases if p.shared_from is not None]
+        return sum(f.train_seconds + f.val_seconds for f in shared) if shared else None
 
     @property
     def train_images_per_s(self) -> float | None:
@@ -119,12 +129,14 @@ class PlanServices:
     features of the splits asked for; ``prefix`` serves the frozen-prefix cache (:mod:`tlbench.prefix_cache`;
     None: every phase that trains more than the head runs end to end); ``progress`` gets the number of training
     steps just taken; ``on_epoch`` gets each epoch's history entry with ``images_per_s`` and the trial's total
-    ``epochs`` (the progress lines)."""
+    ``epochs`` (the progress lines); ``shared`` gives the phases other trials of this worker computed
+    (:mod:`tlbench.shared_phases`)."""
 
     features: Callable[[tuple[str, ...]], CachedFeatures]
     progress: Callable[[int], None] = lambda n: None
     prefix: Callable[[PrefixPlan, tuple[str, ...]], CachedPrefix] | None = None
     on_epoch: Callable[[dict[str, Any]], None] | None = None
+    shared: TrialSharing | None = None  # phases another trial of this worker computed (None: compute every one)
 
 
 def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
@@ -163,6 +175,10 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     epoch_hook = (lambda entry: on_epoch({**entry, "epochs": total_epochs, "phase": shown_phase(entry)})
                   ) if on_epoch else None
     run = FitRun(device, generator, num_classes, services.progress, epoch_hook)
+    shared = services.shared
+    # the key of the computation so far; None: this trial shares no (more) phases
+    chain = (start_key(shared.base, model, generator, device)
+             if shared is not None and plan.loss_term is None and surgery is None else None)
     for index, phase in enumerate(phases):
         label = phase.name or str(index + 1)  # how the history and the record name this phase
         applied = apply_phase(model, group_of, backbone.group_names, phase, protocol["weight_decay"])
@@ -183,39 +199,69 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
         if not on_features:
             prefix_plan, prefix_record = _prefix_decision(model, applied, trained_before, prep, splits, protocol,
                                                           prefix, autocast)
-        if on_features:
-            # the test split's features too when this phase's weights may be the ones tested (one pass for all)
-            may_be_tested = phase.selectable and plan.after_training is None
-            cached = features(("train", "val", "test") if may_be_tested else ("train", "val"))
-            feature_seconds = (feature_seconds or 0.0) + cached.seconds
-            result = fit(backbone.head, _feature_split(cached.splits["train"], splits.train_labels),
-                         _feature_split(cached.splits["val"], splits.val_labels), applied.optimizer_groups, protocol,
-                         run=run, phase=replace(fitting, best_tag=True))
-            flops = train_step_flops(backbone.head, cached.splits["val"][:2], num_classes) / 2
-        elif prefix_plan is not None and prefix is not None:
-            cached_prefix = prefix(prefix_plan, ("train", "val"))
-            prefix_seconds = (prefix_seconds or 0.0) + cached_prefix.seconds
-            prefix_flops += prefix_plan.prefix_flops_per_image * cached_prefix.images_computed
-            prefix_record |= {"seconds": cached_prefix.seconds, "cache_mib": cached_prefix.mib}
-            suffix = torch.compile(prefix_plan.suffix) if protocol["compile"] else prefix_plan.suffix
-            activations = cached_prefix.splits
-            recalibrate = _recalibration(applied, suffix, prep, splits, protocol, images=activations["train"],
-                                         prepare=lambda x: x)
-            result = fit(suffix, _cached_split(activations["train"], splits.train_labels, prep.channels_last),
-                         _cached_split(activations["val"], splits.val_labels, prep.channels_last),
-                         applied.optimizer_groups, protocol, run=run,
-                         phase=replace(fitting, best_tag=prefix_plan, before_eval=recalibrate))
-            flops = train_step_flops(prefix_plan.suffix, activations["val"][:2], num_classes) / 2
+        key = None
+        if chain is not None and (on_features or prefix_plan is None):
+            key = phase_key(chain, _phase_definition(model, applied, phase, epochs[index], first_epoch, span,
+                                                     on_features))
+        chain = key  # a phase that cannot be keyed ends sharing for the rest of the trial
+        continues = index + 1 < len(phases) and not phases[index + 1].restart  # would need the optimizer's moments
+        reused = shared.store.get(key) if shared is not None and key is not None and not continues else None
+        shared_from = None
+        if reused is not None:  # exactly this phase was computed by another trial: take what it left behind
+            model.load_state_dict(reused.end_state)
+            set_rng_states(reused.rng_after, generator, device)
+            merge_best(best, reused.best, phase.selectable)
+            span.offset, span.optimizer = span.offset + reused.fit.steps, None
+            services.progress(reused.fit.steps)
+            result = replace(reused.fit, history=[{**entry, "phase": label} if "phase" in entry else dict(entry)
+                                                  for entry in reused.fit.history])
+            flops = reused.flops_per_image
+            if on_features:
+                feature_seconds = feature_seconds or 0.0
+            shared_from = {"trial": reused.origin, "phase": reused.label}
         else:
-            recalibrate = _recalibration(applied, train_model, prep, splits, protocol)
-            result = fit(train_model, train, val, applied.optimizer_groups, protocol, run=run,
-                         phase=replace(fitting, best_tag=False, before_eval=recalibrate))
-            flops = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
+            phase_best = BestEpoch() if key is not None else None
+            if phase_best is not None:  # the phase's own best epoch, kept for reuse, offered to the trial's below
+                fitting = replace(fitting, best=phase_best, selectable=True)
+            if on_features:
+                # the test split's features too when this phase's weights may be the ones tested (one pass for all)
+                may_be_tested = phase.selectable and plan.after_training is None
+                cached = features(("train", "val", "test") if may_be_tested else ("train", "val"))
+                feature_seconds = (feature_seconds or 0.0) + cached.seconds
+                result = fit(backbone.head, _feature_split(cached.splits["train"], splits.train_labels),
+                             _feature_split(cached.splits["val"], splits.val_labels), applied.optimizer_groups, protocol,
+                             run=run, phase=replace(fitting, best_tag=True))
+                flops = train_step_flops(backbone.head, cached.splits["val"][:2], num_classes) / 2
+            elif prefix_plan is not None and prefix is not None:
+                cached_prefix = prefix(prefix_plan, ("train", "val"))
+                prefix_seconds = (prefix_seconds or 0.0) + cached_prefix.seconds
+                prefix_flops += prefix_plan.prefix_flops_per_image * cached_prefix.images_computed
+                prefix_record |= {"seconds": cached_prefix.seconds, "cache_mib": cached_prefix.mib}
+                suffix = torch.compile(prefix_plan.suffix) if protocol["compile"] else prefix_plan.suffix
+                activations = cached_prefix.splits
+                recalibrate = _recalibration(applied, suffix, prep, splits, protocol, images=activations["train"],
+                                             prepare=lambda x: x)
+                result = fit(suffix, _cached_split(activations["train"], splits.train_labels, prep.channels_last),
+                             _cached_split(activations["val"], splits.val_labels, prep.channels_last),
+                             applied.optimizer_groups, protocol, run=run,
+                             phase=replace(fitting, best_tag=prefix_plan, before_eval=recalibrate))
+                flops = train_step_flops(prefix_plan.suffix, activations["val"][:2], num_classes) / 2
+            else:
+                recalibrate = _recalibration(applied, train_model, prep, splits, protocol)
+                result = fit(train_model, train, val, applied.optimizer_groups, protocol, run=run,
+                             phase=replace(fitting, best_tag=False, before_eval=recalibrate))
+                flops = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
+            if phase_best is not None:
+                merge_best(best, phase_best, phase.selectable)
+                shared.store.put(key, SharedPhase(shared.trial_key, label,
+                                                  {k: v.detach().clone() for k, v in model.state_dict().items()},
+                                                  phase_best, result, flops_per_image=flops,
+                                                  rng_after=rng_states(generator, device)))
         backbone_changed |= not applied.head_only
         first_epoch += epochs[index]
         record = _phase_record(label, phase, epochs[index], applied, on_features, result) | {
-            "optimizer_groups": planned_groups, "prefix_cache": prefix_record}
-        outcomes.append(PhaseOutcome(record, result, applied, on_features, flops))
+            "optimizer_groups": planned_groups, "prefix_cache": prefix_record, "shared_from": shared_from}
+        outcomes.append(PhaseOutcome(record, result, applied, on_features, flops, shared_from))
 
     model.load_state_dict(best.state)
     model.eval()
@@ -261,6 +307,19 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     return PlanOutcome(outcomes, best, final_val, test, eval_rate, feature_seconds, surgery, after_record,
                        sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()),
                        prefix_seconds, prefix_flops)
+
+
+def _phase_definition(model: nn.Module, applied: AppliedPhase, phase: Any, epochs: int, first_epoch: int,
+                      span: ScheduleSpan, on_features: bool) -> dict[str, Any]:
+    """Everything about one phase that its computation reads, beyond the state it starts from (the chain)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": [names.get(id(p), "?") for p in g["params"]]}
+              for g in applied.optimizer_groups]
+    return {"epochs": epochs, "first_epoch": first_epoch, "groups": groups, "on_features": on_features,
+            "span": [span.total_steps, span.offset, span.optimizer is not None],
+            "trainable": sorted(applied.trainable_names), "recalibrate": len(applied.recalibrate),
+            "batchnorm": None if on_features else phase.batchnorm,  # on cached features no BatchNorm runs
+            "training_modules": None if on_features else [n for n, m in model.named_modules() if m.training]}
 
 
 def _feature_split(inputs: torch.Tensor, labels: torch.Tensor) -> Split:

@@ -17,6 +17,7 @@ import torch
 
 from tlbench.data_cache import load_splits
 from tlbench.devices import pick_device  # noqa: F401  (moved there; kept importable from here)
+from tlbench.digests import digest_of
 from tlbench.errors import first_line
 from tlbench.freeze import check_phases, describe
 from tlbench.head_init import final_linear, init_head
@@ -25,12 +26,13 @@ from tlbench.phases import BuiltTrial, CachedFeatures, PlanServices, apply_surge
 from tlbench.plan import Trial, strategy_plan
 from tlbench.prefix_cache import PrefixCache, serve
 from tlbench.preprocess import DevicePreprocessor
-from tlbench.registry import Plugins
 from tlbench.records import SCHEMA_VERSION, Record, RecordError, failed_record
+from tlbench.registry import Plugins
+from tlbench.shared_phases import SHARED_PHASES_ENV, SharedPhases, TrialSharing
+from tlbench.store import write_weights
 from tlbench.trainer import (TrialDiverged, autocast_context, extract_features, resolve_amp, resolve_channels_last,
                              resolve_eval_batch_size)
 from tlbench.types import ImageSplits, UsageError
-from tlbench.store import write_weights
 
 
 @dataclass
@@ -53,6 +55,9 @@ class TrialRunner:
         self._data: dict[str, LoadedData] = {}
         self._features_cache: dict[str, CachedFeatures] = {}
         self._prefix_cache = PrefixCache()  # frozen-prefix activations, shared like the features
+        # phases another trial of this worker computed exactly (tlbench.shared_phases); TLBENCH_SHARED_PHASES=0: off
+        self._shared_phases = (SharedPhases() if os.environ.get(SHARED_PHASES_ENV, "1").strip() not in ("0", "off")
+                               else None)
         self._environment = environment(device)
         self.weights_dir: str | None = None  # set per job: where the trained weights go (None: not kept)
 
@@ -201,7 +206,11 @@ class TrialRunner:
                                                       trial.key if surgery is not None else None],
                                  splits, prep.eval, protocol, self.device,
                                  autocast_context(self.device, protocol["amp"])),
-                    on_epoch=getattr(progress_bar, "epoch", None))
+                    on_epoch=getattr(progress_bar, "epoch", None),
+                    shared=TrialSharing(self._shared_phases, trial.key, digest_of(
+                        self.data_key(trial), prep.describe(), prep.augment, prep.channels_last, dict(protocol),
+                        str(self.device), torch.get_num_threads(), backbone.name, backbone.weights,
+                        protocol["compile"])) if self._shared_phases is not None else None)
                 outcome = run_plan(built, services, device=self.device, generator=generator)
 
         saved_model = self._save_weights(trial, model) if self.weights_dir else None
@@ -229,6 +238,7 @@ class TrialRunner:
                 "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
                 "torch_threads": torch.get_num_threads(),
+                "shared_phases": self._shared_phases is not None,
             },
             "plan": {  # the last phase at the top (one-phase plans: the plan), every phase under "phases"
                 "learning_rates": last.record["learning_rates"], "batchnorm": last.record["batchnorm"],
@@ -251,7 +261,7 @@ class TrialRunner:
                 "peak_memory_mib": memory.result.get("peak_mib"), "peak_memory": memory.result,
                 "time_s": {"data": data.seconds, "features": outcome.feature_seconds,
                            "train": outcome.train_seconds, "eval": outcome.val_seconds + outcome.test.seconds,
-                           "prefix_cache": outcome.prefix_seconds},
+                           "prefix_cache": outcome.prefix_seconds, "shared": outcome.shared_seconds},
                 "params": {"trainable": outcome.trainable_params, "total": outcome.total_params},
                 "gflops_per_image": fwd_flops / 1e9,
                 "train_gflops_total": train_flops / 1e9,

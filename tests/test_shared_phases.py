@@ -1,0 +1,175 @@
+"""Work shared across the trials of one run (issue 28): a phase another trial of the worker computed exactly is
+reused, recorded, and the reusing trial's record is identical to computing it again; anything that could make
+the computation differ (other settings, a loss term, surgery, a continuing optimizer) prevents the reuse."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlbench import Phase, RunSpec, Strategy, TrainPlan, run_grid
+from tlbench.registry import Plugins
+from tlbench.shared_phases import SHARED_PHASES_ENV, SharedPhases, merge_best, state_digest
+from tlbench.trainer import BestEpoch, Evaluation
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SETTINGS = ["epochs=2", "data.train_size=64", "data.val_size=32", "data.test_size=32", "batch_size=16",
+            "full.lr=0.01", "wise-ft.lr=0.01", "frozen.head_lr=0.03", "lp-ft.probe_lr=0.03", "lp-ft.lr=0.01"]
+COMPARED = ("val_top1", "test_top1", "best_epoch", "best_epoch_val_top1", "epochs", "steps", "history",
+            "train_gflops_total", "feature_cache")
+
+
+def grid(results: Path, backbone: str, strategies, settings=(), plugins=None):
+    spec = RunSpec(strategies=strategies, backbones=[backbone], datasets=["synthetic"],
+                   settings=[*SETTINGS, *settings], results_dir=results, device="cpu", progress="off")
+    result = run_grid(spec, plugins=plugins)
+    assert result.exit_code == 0, [r.error for r in result.failed]
+    return {r.trial.strategy: r for r in result.records}
+
+
+def same_results(a, b):
+    return {k: a.metrics.to_json_dict().get(k) for k in COMPARED} == {k: b.metrics.to_json_dict().get(k)
+                                                                         for k in COMPARED}
+
+
+def shared(record):
+    return [phase.get("shared_from") for phase in record.plan["phases"]]
+
+
+@pytest.mark.parametrize("origin, reuser", [("full", "wise-ft"), ("frozen", "lp-ft")])
+def test_a_phase_another_trial_computed_is_reused_and_the_record_is_identical(tmp_path, tiny_backbone, origin,
+                                                                              reuser, monkeypatch):
+    """The same grid twice, sharing on and off: the reusing trial's results are identical to computing it."""
+    together = grid(tmp_path / "shared", tiny_backbone, [origin, reuser])
+    monkeypatch.setenv(SHARED_PHASES_ENV, "0")
+    computed = grid(tmp_path / "computed", tiny_backbone, [origin, reuser])
+    assert shared(together[reuser])[0] == {"trial": together[origin].key, "phase": "1"}
+    assert all(s is None for s in shared(computed[reuser]) + shared(together[origin]))
+    for strategy in (origin, reuser):
+        assert together[strategy].key == computed[strategy].key
+        a, b = ({k: r.metrics.to_json_dict().get(k) for k in COMPARED} for r in (together[strategy],
+                                                                                    computed[strategy]))
+        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    assert together[reuser].metrics.time_s["shared"] > 0 and computed[reuser].metrics.time_s.get("shared") is None
+    assert together[reuser].runtime["shared_phases"] is True and computed[reuser].runtime["shared_phases"] is False
+
+
+def test_the_phase_after_a_reused_probe_trains_from_the_probes_weights(tmp_path, tiny_backbone):
+    """lp-ft's fine-tune phase after a reused probe: the same history as lp-ft alone, which computes its probe."""
+    together = grid(tmp_path / "t", tiny_backbone, ["frozen", "lp-ft"])["lp-ft"]
+    alone = grid(tmp_path / "a", tiny_backbone, ["lp-ft"])["lp-ft"]
+    assert shared(together)[0] is not None and shared(alone) == [None, None]
+    assert [h["phase"] for h in together.metrics.history] == ["probe", "probe", "fine-tune", "fine-tune"]
+    assert together.metrics.history == alone.metrics.history
+    assert (together.metrics.val_top1, together.metrics.test_top1) == (alone.metrics.val_top1, alone.metrics.test_top1)
+
+
+def test_other_settings_are_not_shared(tmp_path, tiny_backbone):
+    records = grid(tmp_path / "r", tiny_backbone, ["full", "wise-ft"], settings=["wise-ft.lr=0.003"])
+    assert shared(records["wise-ft"]) == [None]
+
+
+class FullWithLossTerm(Strategy):
+    """``full``'s plan plus a loss term that is zero: the same numbers, but its computation reads the loss term,
+    which a phase key does not describe, so it must never share."""
+
+    name = "full-zero-term"
+    description = "test only"
+    defaults = {"lr": 0.01, "batchnorm": "frozen"}
+
+    def plan(self, group_names, hparams):
+        return TrainPlan({g: hparams["lr"] for g in group_names}, hparams["batchnorm"],
+                         loss_term=lambda context: torch.zeros(()))
+
+
+class TwoPhasesContinuing(Strategy):
+    """The head alone, then everything with the optimizer continued: a shared first phase would lack the
+    optimizer's moments the second phase continues from."""
+
+    name = "head-then-all"
+    description = "test only"
+    defaults = {"lr": 0.03, "lr2": 0.01}
+
+    def plan(self, group_names, hparams):
+        return TrainPlan(phases=[Phase({"head": hparams["lr"]}, "frozen", 2),
+                                 Phase({g: hparams["lr2"] for g in group_names}, "frozen", 1, restart=False)])
+
+
+class TwoPhasesContinuingOther(TwoPhasesContinuing):
+    """The same first phase (and schedule span) as head-then-all; another learning rate after it."""
+
+    name = "head-then-all-other"
+    defaults = {"lr": 0.03, "lr2": 0.003}
+
+
+def plugins_with(*strategies) -> Plugins:
+    plugins = Plugins(load_third_party=False)
+    plugins.strategies.current_plugin = "test_shared_phases"
+    for strategy in strategies:
+        plugins.strategies.register(strategy)
+    return plugins
+
+
+def test_a_plan_with_a_loss_term_never_shares(tmp_path, tiny_backbone):
+    records = grid(tmp_path / "r", tiny_backbone, ["full", "full-zero-term"], ["full-zero-term.lr=0.01"],
+                   plugins=plugins_with(FullWithLossTerm))
+    assert shared(records["full-zero-term"]) == [None]
+
+
+def test_a_phase_whose_optimizer_continues_is_not_reused(tmp_path, tiny_backbone, monkeypatch):
+    """head-then-all computes exactly head-then-all-other's first phase (the same key), but the second phase
+    continues that phase's optimizer, whose moments a shared phase does not keep: it is computed again, and the
+    trial is identical to a run that shares nothing."""
+    plugins = plugins_with(TwoPhasesContinuing, TwoPhasesContinuingOther)
+    names = ["head-then-all", "head-then-all-other"]
+    together = grid(tmp_path / "t", tiny_backbone, names, ["epochs=2"], plugins=plugins)
+    monkeypatch.setenv(SHARED_PHASES_ENV, "0")
+    computed = grid(tmp_path / "c", tiny_backbone, names, ["epochs=2"], plugins=plugins)
+    first = [r.metrics.history[:2] for r in (together["head-then-all"], together["head-then-all-other"])]
+    assert first[0] == first[1]  # the first phases compute the same thing
+    assert shared(together["head-then-all-other"]) == [None, None]
+    assert same_results(together["head-then-all-other"], computed["head-then-all-other"])
+
+
+def test_state_digest_is_by_value():
+    state = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3)}
+    same = {"w": torch.arange(6.0).reshape(2, 3).clone(), "n": torch.tensor(3)}
+    assert state_digest(state) == state_digest(same)
+    for changed in ({**state, "w": state["w"] + 1e-7}, {**state, "n": torch.tensor(4)},
+                    {**state, "w": state["w"].double()}, {**state, "w": state["w"].reshape(3, 2)},
+                    {"v": state["w"], "n": state["n"]}):
+        assert state_digest(changed) != state_digest(state)
+
+
+@pytest.mark.parametrize("earlier, epochs, selectable", [
+    ([], [0.5, 0.7, 0.7, 0.6], True), ([0.8], [0.5, 0.9, 0.9], True), ([0.9], [0.5, 0.9], True),
+    ([0.4], [0.5, 0.9], False)])
+def test_merging_a_phases_best_equals_offering_its_epochs_one_by_one(earlier, epochs, selectable):
+    module = torch.nn.Linear(1, 1)
+
+    def evaluation(top1):
+        return Evaluation(top1=top1, top5=None, images=10, seconds=0.0, images_per_s=None)
+
+    one_by_one, merged, phase = BestEpoch(), BestEpoch(), BestEpoch()
+    for epoch, top1 in enumerate(earlier, 1):
+        for best in (one_by_one, merged):
+            best.offer(epoch, evaluation(top1), module, "earlier")
+    for epoch, top1 in enumerate(epochs, len(earlier) + 1):
+        with torch.no_grad():
+            module.weight.fill_(epoch)
+        if selectable:
+            one_by_one.offer(epoch, evaluation(top1), module, "phase")
+        phase.offer(epoch, evaluation(top1), module, "phase")
+    merge_best(merged, phase, selectable)
+    assert (merged.top1, merged.epoch, merged.tag) == (one_by_one.top1, one_by_one.epoch, one_by_one.tag)
+    assert torch.equal(merged.state["weight"], one_by_one.state["weight"])
+
+
+def test_the_store_keeps_the_most_recently_used_entries():
+    store = SharedPhases(max_entries=2)
+    store.put("a", "A")
+    store.put("b", "B")
+    assert store.get("a") == "A"
+    store.put("c", "C")  # "b" was used least recently
+    assert store.get("b") is None and store.get("a") == "A" and store.get("c") == "C" and len(store) == 2
