@@ -5,49 +5,19 @@ pretending the spread is zero. Failed or diverged trials are shown in their cell
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import statistics
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Sequence
 
-from tlbench import PROTOCOL_VERSION
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get, processor_label
-from tlbench.stats import PairedComparison, paired_comparison
+from tlbench.stats import PairedComparison, paired_comparison, t_interval
 from tlbench.types import UsageError
+from tlbench.version import PROTOCOL_VERSION
 
 FORMATS = ("github", "plain", "simple", "html", "latex", "csv", "json")  # the built-in ones (plugins add more)
-
-def _t_central_probability(t: float, dof: int) -> float:
-    """P(|T| <= t) for Student's t with an integer number of degrees of freedom (Abramowitz & Stegun 26.7.3-4)."""
-    theta = math.atan(t / math.sqrt(dof))
-    cos2, term, total = math.cos(theta) ** 2, 1.0, 1.0
-    if dof % 2:  # odd: (2/pi) * (theta + sin * cos * (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
-        for k in range(1, (dof - 1) // 2):
-            term *= cos2 * (2 * k) / (2 * k + 1)
-            total += term
-        series = math.sin(theta) * math.cos(theta) * total if dof > 1 else 0.0
-        return 2 / math.pi * (theta + series)
-    for k in range(1, dof // 2):  # even: sin * (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
-        term *= cos2 * (2 * k - 1) / (2 * k)
-        total += term
-    return math.sin(theta) * total
-
-
-@functools.lru_cache(maxsize=None)
-def t95(dof: int) -> float:
-    """Two-sided 95% Student t quantile for ``dof`` = n - 1 degrees of freedom, to 3 decimals (the textbook table's
-    values for 1-30; exact beyond, where a normal 1.96 would make the interval up to 4% too narrow)."""
-    if dof < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
-    low, high = 1.959, 12.71
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if _t_central_probability(middle, min(dof, 100_000)) < 0.95 else (low, middle)
-    return round((low + high) / 2, 3)
-
 
 # column name -> (header, how to get one trial's value, "pct" | "int" | "float" | "mib")
 COLUMNS: dict[str, tuple[str, str, str]] = {
@@ -152,14 +122,6 @@ def _tuning_of(record: Any) -> str:
     return "as set" if any(key in hparams for key in overrides) else "default"
 
 
-def _aggregate(values: Sequence[float]) -> tuple[float, float | None, float | None]:
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None, None
-    std = statistics.stdev(values)
-    return mean, std, t95(len(values) - 1) * std / math.sqrt(len(values))
-
-
 def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
     header, path, kind = COLUMNS[column]
     ok = group["ok"]
@@ -174,7 +136,8 @@ def _cell(group: dict[str, Any], column: str, machine: bool) -> Any:
     values = [v for v in (_get(r, path) for r in ok) if isinstance(v, (int, float))]
     if not values:
         return None if machine else ("FAILED" if kind == "pct" and group["failed"] else "")
-    mean, std, half = _aggregate(values)
+    summary = t_interval(values)
+    mean, std, half = summary.mean, summary.std, summary.half_width
     if machine:
         return {"mean": mean, "std": std, "ci95": half, "n": len(values)} if kind in ("pct", "ci") else mean
     if kind == "ci":

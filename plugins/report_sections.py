@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import statistics
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 from tlbench import ReportContext, ReportSection, hookimpl
-from tlbench.leaderboard import leaderboard_rows, t95
+from tlbench.leaderboard import leaderboard_rows
 from tlbench.record_fields import get, processor_label
 from tlbench.report import PLOTS, configuration_name
 from tlbench.requirements import module_available
@@ -45,14 +44,14 @@ def _strategy_order(context: ReportContext) -> list[str]:
 
 
 def _colours(labels: Sequence[str]) -> dict[str, Any]:
-    import matplotlib
+    import matplotlib  # deferred: optional (the report extra)
 
     cmap = matplotlib.colormaps["tab20"]
     return {label: cmap(i % 20) for i, label in enumerate(sorted(labels))}
 
 
 def _plt():
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: optional (the report extra)
 
     return plt
 
@@ -107,11 +106,8 @@ def paired_section(context: ReportContext) -> str:
         c = context.comparisons[label]
         interval = "" if c.low is None else f"[{100 * c.low:+.1f}, {100 * c.high:+.1f}]"
         per_seed = ", ".join(f"{seed}: {100 * d:+.1f}" for seed, d in sorted(c.differences.items()))
-        t_interval = ""
-        if c.n >= 2:
-            diffs = list(c.differences.values())
-            half = t95(c.n - 1) * statistics.stdev(diffs) / math.sqrt(c.n)
-            t_interval = f"[{100 * (c.mean - half):+.1f}, {100 * (c.mean + half):+.1f}]"
+        half = c.t_half_width
+        t_interval = "" if half is None else f"[{100 * (c.mean - half):+.1f}, {100 * (c.mean + half):+.1f}]"
         rows.append([label, c.n, per_seed, f"{100 * c.mean:+.1f}", interval,
                      f"{c.probability_of_improvement:.2f}", c.verdict, t_interval])
     table = _table(["strategy", "paired seeds", f"per-seed Δ vs {context.reference} (pts)", "mean Δ (pts)",
