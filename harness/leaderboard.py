@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get, processor_label
+from tlbench.registry import Plugins
 from tlbench.stats import PairedComparison, paired_comparison, t_interval
 from tlbench.types import UsageError
 from tlbench.version import PROTOCOL_VERSION
@@ -376,12 +377,6 @@ def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS
     return LeaderboardTable(rows, values, notes)
 
 
-def builtin_formats() -> dict[str, LeaderboardFormat]:
-    from tlbench.plugins.leaderboard_formats import BUILTIN_FORMATS
-
-    return {fmt.name: fmt for fmt in BUILTIN_FORMATS}
-
-
 def tuning_note(sweeps: Sequence[Any], groups: Sequence[dict[str, Any]], candidates: bool) -> str:
     """What the tuned rows are, and how many configurations were tried only to choose."""
     budgets = sorted({(len(s.candidates), len(s.selection_seeds), len(s.reporting_seeds)) for s in sweeps})
@@ -400,9 +395,10 @@ def render(records: Iterable[Any], fmt: str = "github", columns: Sequence[str] =
            dataset: str | None = None, vs: str | None = None,
            formats: dict[str, LeaderboardFormat] | None = None, sweeps: Sequence[Any] = (),
            candidates: bool = False) -> str:
-    """The leaderboard in format ``fmt`` ("" when there are no rows). ``formats``: name -> format, e.g. from
-    ``Plugins().leaderboard_formats``; the built-in ones when None."""
-    formats = builtin_formats() if formats is None else formats
+    """The leaderboard in format ``fmt`` ("" when there are no rows). ``formats``: name -> format, as the cli passes
+    them from its ``Plugins().leaderboard_formats``; when None, those of a fresh :class:`tlbench.registry.Plugins`
+    (the built-in formats come through the same hook as a plugin's)."""
+    formats = dict(Plugins().leaderboard_formats.items()) if formats is None else formats
     if fmt not in formats:
         raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
     table = build_table(records, columns, dataset, vs, sweeps, candidates)

@@ -9,7 +9,9 @@ import statistics
 import pytest
 
 import tlbench
+from tlbench import leaderboard
 from tlbench.leaderboard import render
+from tlbench.publishing import LeaderboardFormat
 from tlbench.records import Record
 from tlbench.stats import bootstrap_interval
 from tlbench.types import UsageError
@@ -153,3 +155,22 @@ def test_builtin_formats_come_through_the_hook():
     plugins = Plugins(load_third_party=False)
     assert set(FORMATS) <= set(plugins.leaderboard_formats.names())
     assert {plugins.leaderboard_formats.owner(name) for name in FORMATS} == {"leaderboard_formats"}
+
+
+def test_render_without_formats_asks_the_plugin_registry(monkeypatch):
+    """The built-in formats are fetched like a third party's: through ``Plugins().leaderboard_formats``."""
+    ranked = LeaderboardFormat("ranked", "strategies best first", lambda table: " > ".join(
+        row["strategy"] for row in table.rows))
+
+    class Formats:
+        def items(self):
+            return [("ranked", ranked)]
+
+    class FakePlugins:
+        leaderboard_formats = Formats()
+
+    monkeypatch.setattr(leaderboard, "Plugins", FakePlugins)
+    assert render([record("full", 0, 0.8), record("frozen", 0, 0.7)], "ranked") == "full > frozen"
+    with pytest.raises(UsageError, match="unknown format 'github'; choose from ranked"):
+        render([record("full", 0, 0.8)], "github")
+
