@@ -5,6 +5,7 @@ pretending the spread is zero. Failed or diverged trials are shown in their cell
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import statistics
@@ -253,7 +254,7 @@ def paired_comparisons(records: Iterable[Any], reference: str, dataset: str | No
     out: dict[str, PairedComparison | None] = {}
     for group in groups:
         ref = reference_group(groups, reference, group)
-        out[_group_id(group)] = None if ref is None or ref is group else paired_comparison(
+        out[group_id(group)] = None if ref is None or ref is group else paired_comparison(
             _by_seed(group["ok"], metric), _by_seed(ref["ok"], metric))
     return out
 
@@ -283,7 +284,9 @@ def reference_group(groups: Sequence[dict[str, Any]], reference: str,
     return by_name[0] if by_name else None
 
 
-def _group_id(group: dict[str, Any]) -> str:
+def group_id(group: dict[str, Any]) -> str:
+    """A configuration's identity among the entries of :func:`group_records` (the key of
+    :func:`paired_comparisons`): dataset, backbone, label, data settings and its sweep (or tuning)."""
     sweep = group.get("sweep")
     return json.dumps([group["dataset"], group["backbone"], group["strategy"], group["data"],
                        sweep.key if sweep is not None else group.get("tuning", "")])
@@ -301,8 +304,6 @@ def _by_seed(records: Sequence[Any], metric: str) -> dict[int, float]:
 def check_reference(records: Sequence[Any], reference: str, dataset: str | None = None,
                     option: str = "--vs") -> None:
     """A one-line error when no configuration is ``reference`` (by label or strategy name), with the choices."""
-    import difflib
-
     groups = group_records(records, dataset)
     if not groups or any(is_reference(g, reference) for g in groups):
         return
@@ -360,7 +361,7 @@ def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS
     for group, row, value in zip(groups, rows, values):
         value["variance"] = variance_sources(group["ok"])
         if vs is not None:
-            comparison = comparisons.get(_group_id(group))
+            comparison = comparisons.get(group_id(group))
             reference_here = reference_group(groups, vs, group) is group
             cells = comparison_cells(comparison, reference_here)
             row[f"Δ test vs {vs} (pts, 95% bootstrap)"] = cells["diff"]

@@ -15,12 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from tlbench.leaderboard import build_table, group_records, variance_note
+from tlbench.leaderboard import (build_table, check_reference, group_id, group_records, is_reference,
+                                 paired_comparisons, variance_note)
 from tlbench.publishing import ReportContext, ReportSection
 from tlbench.record_fields import as_dict, get
 from tlbench.requirements import Extra, missing_requirements, module_available
 from tlbench.store import atomic_write_text
 from tlbench.types import UsageError
+from tlbench.version import __version__
 
 REPORT_COLUMNS = ("test", "n", "ci95", "val", "train_ips", "eval_ips", "memory", "trainable", "time", "status")
 
@@ -48,7 +50,7 @@ table.protocol td, table.protocol-strategies td, table.environment td { white-sp
 
 def embed_figure(fig: Any, alt: str, name: str = "") -> str:
     """A matplotlib figure as an inline SVG ``data:`` image (no file, no request); the figure is closed."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: optional (the report extra)
 
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -62,7 +64,7 @@ PLOTS = Extra("report", "the report's plots are drawn with matplotlib")
 
 
 def _configure_matplotlib() -> None:
-    import matplotlib
+    import matplotlib  # deferred: optional (the report extra)
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "tlbench"  # the same records give the same file
@@ -91,8 +93,6 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
     """One context per dataset (sorted by name): its records, its leaderboard and the paired comparisons. With
     ``sweeps`` (``tlbench run --tune``) the leaderboard has tuned rows, and the records a sweep ran only to choose
     are left out of the context, as from the leaderboard."""
-    from tlbench.leaderboard import _group_id, check_reference, is_reference, paired_comparisons
-
     names = sorted({get(r, "trial.dataset") for r in records if get(r, "trial.dataset")})
     if dataset is not None:
         if dataset not in names:
@@ -112,8 +112,8 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
             by_group = paired_comparisons(own, reference, sweeps=own_sweeps)
             multi = len({g["backbone"] for g in own_groups}) > 1
             comparisons = {configuration_name(g["backbone"], g["strategy"], multi) + (" (tuned)" if g["tuned"]
-                                                                                      else ""): by_group[_group_id(g)]
-                           for g in own_groups if by_group[_group_id(g)] is not None}
+                                                                                      else ""): by_group[group_id(g)]
+                           for g in own_groups if by_group[group_id(g)] is not None}
         contexts.append(ReportContext(name, own, table, reference if has_reference else "", comparisons,
                                       variance_note(own) or "one seed per configuration: no intervals", figure))
     return contexts
@@ -153,8 +153,6 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
         warn(f"the report leaves out {len(left_out)} section(s) ({', '.join(sorted(left_out))}): they need "
              f"{'; '.join(needs)}")
     nav = " ".join(f'<a href="#{_anchor(c.dataset)}">{html.escape(c.dataset)}</a>' for c in contexts)
-    from tlbench import __version__
-
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -174,3 +174,11 @@ def test_render_without_formats_asks_the_plugin_registry(monkeypatch):
     with pytest.raises(UsageError, match="unknown format 'github'; choose from ranked"):
         render([record("full", 0, 0.8)], "github")
 
+
+def test_group_id_is_the_key_of_the_paired_comparisons():
+    records = [record("full", s, 0.8 + s / 100) for s in range(2)] + [record("frozen", s, 0.7) for s in range(2)]
+    groups = leaderboard.group_records(records)
+    comparisons = leaderboard.paired_comparisons(records, "full")
+    assert set(comparisons) == {leaderboard.group_id(g) for g in groups}
+    frozen = next(g for g in groups if g["strategy"] == "frozen")
+    assert comparisons[leaderboard.group_id(frozen)].mean == pytest.approx(-0.105)
