@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from tabulate import tabulate
 
+from tlbench.plugins.imagefolder import decode_image_file
 from tlbench.types import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -46,8 +48,6 @@ def find_images(paths: Sequence[Path | str]) -> list[Path]:
 
 def decode(path: Path, storage_size: int | None) -> torch.Tensor:
     """One file as uint8 (3, H, W), exactly as the imagefolder dataset decodes it."""
-    from tlbench.plugins.imagefolder import decode_image_file
-
     try:
         return torch.from_numpy(decode_image_file(path, storage_size)).permute(2, 0, 1).contiguous()
     except Exception as exc:  # PIL's many ways to fail on a file that is not an image
@@ -108,8 +108,6 @@ def render(predictions: Sequence[Prediction], fmt: str) -> str:
             for rank, (c, label, prob) in enumerate(p.top, 1):
                 writer.writerow([p.file, rank, c, label, f"{prob:.6f}"])
         return out.getvalue().rstrip("\n")
-    from tabulate import tabulate
-
     rows = [[p.file, p.top[0][1], f"{100 * p.top[0][2]:.1f}%",
              ", ".join(f"{label} {100 * prob:.1f}%" for _, label, prob in p.top[1:])] for p in predictions]
     return tabulate(rows, headers=["file", "label", "probability", "next"], tablefmt="simple")

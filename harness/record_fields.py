@@ -5,13 +5,14 @@ added are reachable too); plain dicts in the same JSON layout read the same way.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from tlbench.records import Record
 
 
 def get(record: Any, dotted: str, default: Any = None) -> Any:
     """The value at ``dotted`` (e.g. ``"trial.data.split_seed"``), or ``default`` where any part is missing."""
-    from tlbench.records import Record
-
     if isinstance(record, Record):
         value = record.value(dotted)
         return default if value is None else value
@@ -49,8 +50,6 @@ def as_dict(record: Any) -> dict[str, Any]:
         if callable(getattr(record, method, None)):
             value = getattr(record, method)()
             if isinstance(value, str):
-                import json
-
                 value = json.loads(value)
             return value
     raise TypeError(f"not a tlbench record: {record!r}")
