@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import copy
 import sys
-import traceback
 from typing import Any, Callable
 
+from tlbench.errors import exception_line
 from tlbench.record_fields import as_dict, get
 
 
@@ -23,7 +23,7 @@ def record_finished(plugins: Any, record: Any, warn: Callable[[str], None] | Non
             impl.function(record=copy.deepcopy(data))
         except Exception as exc:  # a logging plugin must not cost the grid anything
             failures += 1
-            reason = traceback.format_exception_only(type(exc), exc)[-1].strip().replace("\n", " ")
+            reason = exception_line(exc)
             warn(f"plugin {impl.plugin_name!r} failed in record_finished for record "
                  f"{get(data, 'key', '?')} (the record is written; the grid goes on): {reason}")
     return failures
