@@ -312,7 +312,7 @@ def preprocessing_config(trained: Trained) -> dict[str, Any]:
         "storage_size": storage,
         "steps": [
             "decode to 8-bit RGB (EXIF orientation applied, grey replicated to 3 channels, transparency on white: "
-            "tlbench.plugins.imagefolder.decode_image_file)",
+            "tlbench.images.decode_image_file)",
             (f"storage: shorter side to {storage} px (PIL bicubic) and centre-crop {storage}x{storage}, as the dataset "
              f"stored its images" if storage else "storage: native size (the dataset stored its images unresized)"),
             "uint8 -> float in [0, 1] (x / 255)",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tabulate import tabulate
 
-from tlbench.plugins.imagefolder import decode_image_file
+from tlbench.images import decode_image_file
 from tlbench.types import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

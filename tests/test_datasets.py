@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tlbench import DatasetFamily, ImageSplits, UsageError
-from tlbench import data_cache
+from tlbench import DatasetFamily, ImageSplits, UsageError, data_cache
 from tlbench.data_cache import CacheWarning, load_splits
+from tlbench.images import decode_image_file, to_rgb8
 from tlbench.plugins import fashion_mnist, imagefolder, synthetic, torchvision_datasets
 from tlbench.plugins.fashion_mnist import FashionMnist, read_idx
-from tlbench.plugins.imagefolder import ImageFolder, to_rgb8
+from tlbench.plugins.imagefolder import ImageFolder
 from tlbench.plugins.synthetic import Synthetic
 from tlbench.plugins.torchvision_datasets import DATASETS, TorchvisionFamily
 from tlbench.splits import DataWarning, stratified_split, to_storage
@@ -433,7 +433,7 @@ def test_imagefolder_converts_every_mode_to_the_right_rgb(tmp_path):
     for name, mode in [("sixteen", "I;16"), ("cmyk", "CMYK"), ("la", "LA"), ("transparent_palette", "P")]:
         with Image.open(files[name]) as reopened:
             assert reopened.mode == mode
-    decoded = {name: imagefolder.decode_image_file(path, None) for name, path in files.items()}
+    decoded = {name: decode_image_file(path, None) for name, path in files.items()}
     assert all(array.shape == (4, 4, 3) and array.dtype == np.uint8 for array in decoded.values())
     assert decoded["grey"][2, 2].tolist() == [77, 77, 77]
     assert decoded["la"][2, 2].tolist() == [200] * 3 and decoded["la"][0, 0].tolist() == [255] * 3
@@ -461,11 +461,11 @@ def test_imagefolder_applies_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     path = save(image, tmp_path / "photo.jpg", quality=100, exif=exif)
-    upright = imagefolder.decode_image_file(path, None)
+    upright = decode_image_file(path, None)
     assert upright.shape == (32, 16, 3)  # portrait after rotation
     assert upright[4, 8, 0] > 200 and upright[4, 8, 2] < 50  # top is the red left half
     assert upright[28, 8, 2] > 200 and upright[28, 8, 0] < 50
-    stored = imagefolder.decode_image_file(path, 8)
+    stored = decode_image_file(path, 8)
     assert stored.shape == (8, 8, 3)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image
 
-from tlbench.plugins.imagefolder import ALLOWED_FORMATS, ImageFolder, RefusedImageFormat, decode_image_file
+from tlbench.images import ALLOWED_FORMATS, RefusedImageFormat, decode_image_file
+from tlbench.plugins.imagefolder import ImageFolder
 from tlbench.splits import DataWarning
 from tlbench.types import UsageError
 
