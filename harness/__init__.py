@@ -14,11 +14,12 @@ from tlbench.search_space import log_grid
 from tlbench.spec import RunSpec, TuneSpec
 from tlbench.tuning import TuneResult, tune_grid
 from tlbench.types import (LINEAR_DEFAULT_INIT, Backbone, BackboneFamily, DatasetFamily, Executor, ImageSplits,
-                           ParamRef, Phase, Preprocessing, Strategy, TrainingContext, TrainPlan, UsageError)
+                           ParamRef, Phase, Preprocessing, Strategy, TrainingContext, TrainPlan, UsageError,
+                           Callback, StepContext)
 from tlbench.version import PROTOCOL_VERSION, __version__
 
 __all__ = ["run_grid", "GridResult", "RunSpec", "TuneSpec", "tune_grid", "TuneResult", "log_grid", "hookimpl",
            "Extra", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits",
            "ParamRef", "Phase", "Preprocessing", "Strategy", "TrainingContext", "TrainPlan", "UsageError",
            "__version__", "PROTOCOL_VERSION", "LeaderboardFormat", "LeaderboardTable", "ReportContext",
-           "ReportSection", "WorkerRefused"]
+           "ReportSection", "WorkerRefused", "Callback", "StepContext"]

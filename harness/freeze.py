@@ -145,11 +145,15 @@ def apply_phase(model: nn.Module, group_of: Mapping[str, str], group_names: Sequ
     select = _selector(phase.select)
     owners = {f"{prefix}.{n}" if prefix else n: module for prefix, module in model.named_modules()
               for n, _ in module.named_parameters(recurse=False)}
+    blocks = parameter_blocks(list(params), group_of, head_group)
+    seen = [b for b in dict.fromkeys(blocks.values()) if b != head_group]
+    order = {block: index for index, block in enumerate(seen + [head_group])}
+    refs = {name: ParamRef(name, param, owners[name], group_of[name], blocks[name], order[blocks[name]], len(order))
+            for name, param in params.items()}
     trainable_names = set()
     for name, param in params.items():
         group = group_of[name]
-        train = group in phase.learning_rates and (
-            select is None or bool(select(ParamRef(name, param, owners[name], group))))
+        train = group in phase.learning_rates and (select is None or bool(select(refs[name])))
         param.requires_grad_(train)
         if train:
             trainable_names.add(name)
@@ -177,8 +181,17 @@ def apply_phase(model: nn.Module, group_of: Mapping[str, str], group_names: Sequ
         decay = [params[n] for n in names if not _no_decay(n, params[n])]
         no_decay = [params[n] for n in names if _no_decay(n, params[n])]
         for tag, members, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
-            if members:  # every group exists from the start, so schedulers and checkpoints see a fixed layout
+            if not members:  # every group exists from the start, so schedulers and checkpoints see a fixed layout
+                continue
+            if phase.lr_scale is None:
                 optimizer_groups.append({"params": members, "lr": lr, "weight_decay": wd, "name": f"{group}/{tag}"})
+                continue
+            by_scale: dict[float, list[nn.Parameter]] = {}
+            for name in (n for n in names if (_no_decay(n, params[n])) == (tag == "no_decay")):
+                by_scale.setdefault(_lr_scale(phase.lr_scale, refs[name]), []).append(params[name])
+            for scale, scaled in by_scale.items():  # AdamW decays by lr * wd: wd / scale keeps the decay as it was
+                optimizer_groups.append({"params": scaled, "lr": lr * scale, "weight_decay": wd / scale,
+                                         "name": f"{group}/{tag}" + ("" if scale == 1 else f"@{scale:.6g}")})
     trainable = sum(params[n].numel() for n in trainable_names)
     return AppliedPhase(
         optimizer_groups=optimizer_groups,
@@ -186,6 +199,34 @@ def apply_phase(model: nn.Module, group_of: Mapping[str, str], group_names: Sequ
         trainable_names=trainable_names,
         head_only=all(group_of[n] == head_group for n in trainable_names),
         recalibrate=recalibrate, trainable_params=trainable, total_params=sum(p.numel() for p in params.values()))
+
+
+def parameter_blocks(names: Sequence[str], group_of: Mapping[str, str], head_group: str = "head") -> dict[str, str]:
+    """Parameter name -> its block: the name up to its second numeric part (``blocks.3.1`` in
+    ``blocks.3.1.conv.weight``; ``layer2.0`` in ``layer2.0.conv1.weight``; ``blocks.3`` in a ViT's
+    ``blocks.3.attn.qkv.weight``), or its group when the name has no numeric part; every head parameter is in the
+    block named as the head group. Blocks are ordered as the model lists them, the head last."""
+    blocks = {}
+    for name in names:
+        if group_of[name] == head_group:
+            blocks[name] = head_group
+            continue
+        parts, numeric, cut = name.split(".")[:-1], 0, None
+        for index, part in enumerate(parts):
+            if part.isdigit():
+                numeric += 1
+                cut = index + 1
+                if numeric == 2:
+                    break
+        blocks[name] = ".".join(parts[:cut]) if cut else group_of[name]
+    return blocks
+
+
+def _lr_scale(scale: Callable[[ParamRef], float], ref: ParamRef) -> float:
+    value = scale(ref)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"lr_scale ({describe(scale)}) gave {value!r} for {ref.name}; it must be a number > 0")
+    return float(value)
 
 
 def apply_plan(backbone: Backbone, plan: TrainPlan, weight_decay: float) -> AppliedPhase:

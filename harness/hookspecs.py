@@ -34,7 +34,9 @@ def register_strategies(register: Callable) -> None:
     A strategy's ``plan(group_names, hparams)`` returns a :class:`tlbench.TrainPlan`: learning rates per group and a
     BatchNorm policy, optionally narrowed to some parameters (``select``, over :class:`tlbench.ParamRef`), split
     into ordered :class:`tlbench.Phase` s, with a ``surgery`` before training, a ``loss_term`` and an
-    ``after_training`` step (both over :class:`tlbench.TrainingContext`). ``validate(hparams, protocol)`` rejects
+    ``after_training`` step (both over :class:`tlbench.TrainingContext`), and what it does to each batch: a
+    ``batch_transform``, a ``task_loss``, a ``step_loss`` over :class:`tlbench.StepContext`, ``callbacks``
+    (:class:`tlbench.Callback`) and a per-parameter ``lr_scale``. ``validate(hparams, protocol)`` rejects
     impossible settings before anything runs. Each part is documented on its type in ``tlbench.types``.
     """
 

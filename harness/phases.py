@@ -8,6 +8,7 @@ and the test pass. The model carries over from phase to phase as it ended (the l
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
@@ -22,7 +23,7 @@ from tlbench.shared_phases import (SharedPhase, TrialSharing, merge_best, phase_
                                    start_key)
 from tlbench.trainer import (BestEpoch, Evaluation, FitPhase, FitResult, FitRun, ScheduleSpan, Split, autocast_context,
                              evaluate, fit)
-from tlbench.types import Backbone, ImageSplits, TrainingContext, TrainPlan, UsageError
+from tlbench.types import Backbone, ImageSplits, StepContext, TrainingContext, TrainPlan, UsageError
 
 
 @dataclass
@@ -158,8 +159,13 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     val = Split(splits.val_images, splits.val_labels, prep.train, prep.eval)
     needs_start = plan.loss_term is not None or plan.after_training is not None
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if needs_start else {}
-    context = TrainingContext(model, dict(model.named_parameters()), group_of, initial)
+    batch_size = protocol["batch_size"]
+    context = TrainingContext(model, dict(model.named_parameters()), group_of, initial, num_classes=num_classes,
+                              epochs=sum(epochs),
+                              train_batches=lambda: (prep.eval(splits.train_images[lo:lo + batch_size])
+                                                     for lo in range(0, len(splits.train_labels), batch_size)))
     loss_term = (lambda: plan.loss_term(context)) if plan.loss_term is not None else None
+    step = _StepRuntime(plan, model, backbone, group_of, context, autocast)
 
     best = BestEpoch()
     outcomes: list[PhaseOutcome] = []
@@ -177,8 +183,9 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     run = FitRun(device, generator, num_classes, services.progress, epoch_hook)
     shared = services.shared
     # the key of the computation so far; None: this trial shares no (more) phases
+    # (a plan that acts on the batch is not shared either: the key does not describe its step)
     chain = (start_key(shared.base, model, generator, device)
-             if shared is not None and plan.loss_term is None and surgery is None else None)
+             if shared is not None and plan.loss_term is None and surgery is None and not plan.uses_batch else None)
     for index, phase in enumerate(phases):
         label = phase.name or str(index + 1)  # how the history and the record name this phase
         applied = apply_phase(model, group_of, backbone.group_names, phase, protocol["weight_decay"])
@@ -191,12 +198,18 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
             while index + continuing < len(phases) and not phases[index + continuing].restart:
                 continuing += 1
             span = ScheduleSpan(steps_per_epoch * sum(epochs[index:index + continuing]))
+        batch_parts = phase.batch_parts + [n for n in ("feature_layers", "reference_layers") if getattr(plan, n)]
         on_features = bool(protocol["feature_cache"]) and applied.head_only and prep.augment == "none" \
-            and not backbone_changed
+            and not backbone_changed and not batch_parts
         fitting = FitPhase(epochs=epochs[index], first_epoch=first_epoch, selectable=phase.selectable, label=label,
-                           span=span, best=best, snapshot=model, loss_term=loss_term)
+                           span=span, best=best, snapshot=model, loss_term=loss_term,
+                           **step.fit_options(phase, sum(epochs[:index]) * steps_per_epoch))
         prefix_plan, prefix_record = None, None
-        if not on_features:
+        if batch_parts:  # the step reads more than (prefix activations or features) -> logits: end to end
+            prefix_record = {"used": False, "budget_mib": protocol.get("prefix_cache_mib", 0), "reason": (
+                f"the phase's {', '.join(batch_parts)} act on the batch: no cached features or prefix "
+                f"activations are equivalent")}
+        elif not on_features:
             prefix_plan, prefix_record = _prefix_decision(model, applied, trained_before, prep, splits, protocol,
                                                           prefix, autocast)
         key = None
@@ -260,9 +273,11 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
         backbone_changed |= not applied.head_only
         first_epoch += epochs[index]
         record = _phase_record(label, phase, epochs[index], applied, on_features, result) | {
-            "optimizer_groups": planned_groups, "prefix_cache": prefix_record, "shared_from": shared_from}
+            "optimizer_groups": planned_groups, "prefix_cache": prefix_record, "shared_from": shared_from} | (
+            {"batch_parts": batch_parts} if batch_parts else {})
         outcomes.append(PhaseOutcome(record, result, applied, on_features, flops, shared_from))
 
+    step.close()
     model.load_state_dict(best.state)
     model.eval()
     last = outcomes[-1]
@@ -307,6 +322,91 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     return PlanOutcome(outcomes, best, final_val, test, eval_rate, feature_seconds, surgery, after_record,
                        sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()),
                        prefix_seconds, prefix_flops)
+
+
+class _StepRuntime:
+    """The plan's training-step parts for :func:`fit`: hooks that capture the head's input and the named feature
+    layers, the frozen reference copy of the starting model (made only when ``reference_layers`` asks for one),
+    the :class:`StepContext` each step loss sees, and the callbacks' events."""
+
+    def __init__(self, plan: TrainPlan, model: nn.Module, backbone: Backbone, group_of: Mapping[str, str],
+                 context: TrainingContext, autocast: Callable):
+        self.plan, self.context, self.autocast = plan, context, autocast
+        self.captured: dict[str, torch.Tensor] = {}
+        self.reference_out: dict[str, torch.Tensor] = {}
+        self.handles: list[Any] = []
+        self.reference: nn.Module | None = None
+        if not any(p.step_loss is not None for p in plan.all_phases()):
+            return
+        if plan.reference_layers:  # a frozen copy of the starting model: never trains, eval mode, no grad
+            self.reference = copy.deepcopy(model).eval()
+            for param in self.reference.parameters():
+                param.requires_grad_(False)
+            for name in plan.reference_layers:
+                _layer(self.reference, name, group_of).register_forward_hook(self._keep(self.reference_out, name))
+        self.handles.append(backbone.head.register_forward_pre_hook(
+            lambda module, args: self.captured.__setitem__("\0features", args[0])))
+        for name in plan.feature_layers:
+            self.handles.append(_layer(model, name, group_of).register_forward_hook(self._keep(self.captured, name)))
+
+    @staticmethod
+    def _keep(store: dict[str, torch.Tensor], name: str) -> Callable:
+        return lambda module, args, output: store.__setitem__(name, output)
+
+    def fit_options(self, phase: Any, steps_before: int) -> dict[str, Any]:
+        options: dict[str, Any] = {"batch_transform": phase.batch_transform, "task_loss": phase.task_loss}
+        if phase.step_loss is not None:
+            options["step_loss"] = lambda x, y, logits: phase.step_loss(self.step_context(x, y, logits))
+        callbacks = list(phase.callbacks or ())
+        if callbacks:
+            def on_step_end(optimizer: torch.optim.Optimizer, step: int) -> None:
+                self.context.step = steps_before + step
+                for callback in callbacks:
+                    callback.on_step_end(self.context, optimizer)
+
+            def on_epoch_end(epoch: int) -> None:
+                self.context.epoch = epoch
+                for callback in callbacks:
+                    callback.on_epoch_end(self.context, epoch)
+            options |= {"on_step_end": on_step_end, "on_epoch_end": on_epoch_end}
+        return options
+
+    def step_context(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> StepContext:
+        self.reference_out.clear()
+        if self.reference is not None:
+            with torch.no_grad(), self.autocast():
+                self.reference(x)
+        intermediate = {name: self.captured[name] for name in self.plan.feature_layers}
+        return StepContext(x, y, logits, self.captured.get("\0features"), intermediate, dict(self.reference_out),
+                           self.context)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.captured.clear()
+        self.reference = None
+
+
+def _layer(model: nn.Module, name: str, group_of: Mapping[str, str]) -> nn.Module:
+    """A module by name, or ``group:<group>``: the innermost module that holds every parameter of the group (when
+    none does, the top-level module that holds its last parameter)."""
+    if name.startswith("group:"):
+        group = name.removeprefix("group:")
+        names = [n.split(".")[:-1] for n, g in group_of.items() if g == group]
+        if not names:
+            raise UsageError(f"feature layer {name!r}: the backbone has no group {group!r}")
+        common: list[str] = []
+        for parts in zip(*names):
+            if len(set(parts)) > 1:
+                break
+            common.append(parts[0])
+        # no single module holds them all (e.g. the last blocks and a final conv): the top-level module of the
+        # group's last parameter, whose output is the group's output
+        name = ".".join(common) if common else names[-1][0]
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise UsageError(f"feature layer {name!r} is not a module of the model ({exc})") from None
 
 
 def _phase_definition(model: nn.Module, applied: AppliedPhase, phase: Any, epochs: int, first_epoch: int,

@@ -250,7 +250,7 @@ class TrialRunner:
                 "loss_term": describe(plan.loss_term),
                 "after_training": outcome.after_training, "after_training_fn": describe(plan.after_training),
                 "strategy_record": dict(plan.record),
-            },
+            } | ({"step": plan.step_record()} if plan.step_record() is not None else {}),
             "metrics": {
                 "val_top1": outcome.val.top1, "val_top5": outcome.val.top5,
                 "best_epoch_val_top1": outcome.best.top1,

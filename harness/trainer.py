@@ -279,6 +279,16 @@ class FitPhase:
     loss_term: Callable[[], torch.Tensor] | None = None
     before_eval: Callable[[], None] = lambda: None
     eval_model: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # the training step (tlbench.TrainPlan's batch parts): ``batch_transform(x, one_hot, generator)`` after
+    # preprocessing; ``task_loss(logits, targets)`` replaces cross-entropy; ``step_loss(x, targets, logits)`` is
+    # added like ``loss_term``; ``on_step_end(optimizer, step)`` after each optimizer step; ``on_epoch_end(epoch)``
+    # after an epoch's last step, before its validation pass
+    batch_transform: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] \
+        | None = None
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    step_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    on_step_end: Callable[[torch.optim.Optimizer, int], None] | None = None
+    on_epoch_end: Callable[[int], None] | None = None
 
 
 def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[str, Any]],
@@ -309,7 +319,9 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
     warmup = min(span.total_steps, round(protocol["warmup_epochs"] * steps_per_epoch))
     factor, offset = lr_lambda(span.total_steps, warmup, protocol["schedule"]), span.offset
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step + offset))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=protocol["label_smoothing"])
+    # class indices or N x C probabilities (soft-target cross-entropy), label smoothing applied to both
+    loss_fn = phase.task_loss or nn.CrossEntropyLoss(label_smoothing=protocol["label_smoothing"])
+    extra_terms = loss_term is not None or phase.step_loss is not None
     eval_model = phase.eval_model or model
     warmup = warm_up(model, train, val, batch_size, resolve_eval_batch_size(device, protocol["eval_batch_size"]),
                      device, autocast)
@@ -330,10 +342,15 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
             batch = order[index * batch_size:(index + 1) * batch_size]
             x = train.prepare_train(train.inputs[batch], generator)
             y = train.labels[batch]
+            if phase.batch_transform is not None:
+                x, y = phase.batch_transform(x, nn.functional.one_hot(y, num_classes).float(), generator)
             with autocast():
-                loss = loss_fn(model(x), y)
-            if loss_term is not None:
-                term = loss_term().float()
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            if extra_terms:
+                terms = ([loss_term().float()] if loss_term is not None else []) + (
+                    [phase.step_loss(x, y, logits).float()] if phase.step_loss is not None else [])
+                term = terms[0] if len(terms) == 1 else terms[0] + terms[1]
                 term_sum += term.detach()
                 loss = loss.float() + term
             optimizer.zero_grad(set_to_none=True)
@@ -347,6 +364,8 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
             scheduler.step()
             loss_sum += loss.detach().float()
             step += 1
+            if phase.on_step_end is not None:
+                phase.on_step_end(optimizer, step)
             if timed_from is None and step == WARMUP_STEPS:
                 synchronize(device)
                 timed_from = time.perf_counter()
@@ -362,6 +381,8 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
         mean_loss = (loss_sum / steps_per_epoch).item()
         if not math.isfinite(mean_loss):
             raise TrialDiverged(f"training loss became {mean_loss} in epoch {epoch}; lower the learning rate")
+        if phase.on_epoch_end is not None:
+            phase.on_epoch_end(epoch)
 
         model.eval()
         phase.before_eval()
@@ -372,7 +393,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
                  "lr": optimizer.param_groups[0]["lr"]}
         if phase.label:
             entry["phase"] = phase.label
-        if loss_term is not None:
+        if extra_terms:
             entry["loss_term"] = (term_sum / steps_per_epoch).item()
         history.append(entry)
         if run.on_epoch is not None:

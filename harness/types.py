@@ -6,8 +6,9 @@ sees another plugin (a strategy plans over group *names*; a backbone never knows
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, Union, runtime_checkable
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -105,6 +106,9 @@ class ParamRef:
     param: nn.Parameter
     module: nn.Module
     group: str
+    block: str = ""  # the block it sits in (tlbench.freeze.parameter_blocks): e.g. "blocks.3.1"; head last
+    block_index: int = 0  # that block's place among the model's blocks, stem first (0) to the head (num_blocks-1)
+    num_blocks: int = 1
 
     @property
     def is_bias(self) -> bool:
@@ -119,6 +123,11 @@ class ParamRef:
 
 # A parameter-level selection: a predicate over ParamRef, or a regular expression searched in the parameter name.
 Selector = Union[Callable[[ParamRef], bool], str]
+
+
+# (images, targets, generator) -> (images, targets): targets come as N x C probabilities (one-hot) and go back
+# as N x C probabilities (soft targets: the task loss is then soft-target cross-entropy).
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,17 @@ class Phase:
     name: str = ""
     restart: bool = True
     selectable: bool = True
+    # the training step (None: the plan's; see TrainPlan and docs/guides/strategy.md "What a strategy does to a batch")
+    batch_transform: BatchTransform | None = None
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    step_loss: Callable[["StepContext"], torch.Tensor] | None = None
+    callbacks: Sequence["Callback"] | None = None
+    lr_scale: Callable[[ParamRef], float] | None = None
+
+    @property
+    def batch_parts(self) -> list[str]:
+        """The parts of this phase that act on the batch or the step (no cache or shared phase runs them)."""
+        return [name for name in ("batch_transform", "step_loss", "callbacks") if _present(getattr(self, name))]
 
     def resolved_epochs(self, trial_epochs: int) -> int:
         if self.epochs is None:
@@ -170,12 +190,53 @@ class TrainingContext:
     group_of: Mapping[str, str]
     initial: Mapping[str, torch.Tensor]
     evaluate: Callable[[], float] = field(default=lambda: _validation_only_after_training())
+    num_classes: int = 0
+    epochs: int = 0  # the trial's epochs, all phases together
+    epoch: int = 0  # the epoch just trained (callbacks), numbered from 1 across phases
+    step: int = 0  # training steps taken so far in this trial
+    # the training images (preprocessed for evaluation, no augmentation), batch by batch: an after-training step
+    # re-estimating BatchNorm statistics (SWA) uses them; the validation and test splits are not reachable
+    train_batches: Callable[[], Iterator[torch.Tensor]] = field(default=lambda: iter(()))
 
     def in_groups(self, *groups: str) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.parameters.items() if self.group_of[n] in groups]
 
     def not_in_groups(self, *groups: str) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.parameters.items() if self.group_of[n] not in groups]
+
+
+@dataclass
+class StepContext:
+    """What a ``step_loss`` sees at one training step: the batch's ``inputs`` (after preprocessing, augmentation and
+    the batch transform), its ``targets`` (class indices, or N x C probabilities when a batch transform ran), the
+    ``logits``, ``features`` (the head's input: pooled features), ``intermediate`` (output of each module the plan
+    names in ``feature_layers``, with grad) and ``reference`` (the same modules of a frozen copy of the starting
+    model, for ``reference_layers``: computed once per batch, without grad), and ``training`` (the
+    :class:`TrainingContext`)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor | None
+    intermediate: Mapping[str, torch.Tensor]
+    reference: Mapping[str, torch.Tensor]
+    training: TrainingContext
+
+
+class Callback:
+    """Per-step and per-epoch events of training (after fastai's and Lightning's ``Callback``): subclass it and
+    override what you need. ``on_step_end(ctx, optimizer)`` runs after every optimizer step (and the scheduler's);
+    ``on_epoch_end(ctx, epoch)`` after an epoch's last step, before its validation pass. ``ctx`` is the trial's
+    :class:`TrainingContext` (``ctx.epoch``, ``ctx.step`` say where training is)."""
+
+    def on_step_end(self, ctx: TrainingContext, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: TrainingContext, epoch: int) -> None:
+        pass
+
+
+STEP_PARTS = ("batch_transform", "task_loss", "step_loss", "callbacks", "lr_scale")
 
 
 @dataclass(frozen=True)
@@ -195,6 +256,24 @@ class TrainPlan:
       place, choosing on validation only (``ctx.evaluate()``); what it returns is recorded. The test split is scored
       once, after it.
     - ``record``: anything else the strategy wants in the result (e.g. the paper's name for a setting).
+
+    What a strategy does to a batch (each also settable per :class:`Phase`, which then overrides the plan's):
+
+    - ``batch_transform(images, targets, generator) -> (images, targets)``: after preprocessing and augmentation;
+      targets arrive as N x C one-hot probabilities and may leave soft (Mixup, CutMix); the task loss is then
+      soft-target cross-entropy.
+    - ``task_loss(logits, targets) -> Tensor``: replaces cross-entropy (e.g. focal loss).
+    - ``step_loss(step) -> Tensor``: added to the task loss at every step from a :class:`StepContext` (inputs,
+      targets, logits, pooled features, and the outputs of ``feature_layers`` of the model and of
+      ``reference_layers`` of a frozen copy of the starting model). Logged with ``loss_term``.
+    - ``callbacks``: :class:`Callback` objects (``on_step_end``, ``on_epoch_end``).
+    - ``lr_scale(ref) -> float``: a per-parameter learning-rate multiplier over :class:`ParamRef` (weight decay
+      unaffected), e.g. per-block decay from ``ref.block_index``.
+
+    ``feature_layers`` / ``reference_layers`` name modules of the model (``"blocks.2"``) or a group
+    (``"group:stage3"``: the module holding all of that group's parameters). The logged loss is always the loss
+    optimised. A phase with a batch transform, a step loss or callbacks never runs on cached features or cached
+    prefix activations, and a plan with any of these parts shares no phase with another trial.
     """
 
     learning_rates: Mapping[str, float] = field(default_factory=dict)
@@ -205,6 +284,13 @@ class TrainPlan:
     loss_term: Callable[[TrainingContext], torch.Tensor] | None = None
     after_training: Callable[[TrainingContext], Mapping[str, Any]] | None = None
     record: Mapping[str, Any] = field(default_factory=dict)
+    batch_transform: BatchTransform | None = None
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    step_loss: Callable[[StepContext], torch.Tensor] | None = None
+    callbacks: Sequence[Callback] = ()
+    lr_scale: Callable[[ParamRef], float] | None = None
+    feature_layers: Sequence[str] = ()
+    reference_layers: Sequence[str] = ()
 
     BATCHNORM_POLICIES: ClassVar[tuple[str, ...]] = BATCHNORM_POLICIES
 
@@ -213,9 +299,40 @@ class TrainPlan:
             raise UsageError("a TrainPlan takes learning_rates/select or phases, not both: put them in the Phase(s)")
 
     def all_phases(self) -> list[Phase]:
-        if self.phases:
-            return list(self.phases)
-        return [Phase(self.learning_rates, self.batchnorm, None, self.select)]
+        """The phases, each with the plan's step parts where it sets none of its own."""
+        phases = list(self.phases) if self.phases else [Phase(self.learning_rates, self.batchnorm, None, self.select)]
+        inherited = {name: getattr(self, name) for name in STEP_PARTS if _present(getattr(self, name))}
+        if not inherited:
+            return phases
+        return [replace(p, **{k: v for k, v in inherited.items() if getattr(p, k) is None}) for p in phases]
+
+    @property
+    def uses_batch(self) -> bool:
+        """Whether any part acts on the batch or the step beyond the task loss and learning rates."""
+        return bool(self.feature_layers or self.reference_layers) or any(p.batch_parts for p in self.all_phases())
+
+    def step_record(self) -> dict[str, Any] | None:
+        """What the record says about the step parts (None: the plan has none)."""
+        parts = {name: getattr(self, name) for name in STEP_PARTS if _present(getattr(self, name))}
+        for phase in self.phases:
+            parts |= {name: getattr(phase, name) for name in STEP_PARTS if _present(getattr(phase, name))}
+        if not parts and not self.feature_layers and not self.reference_layers:
+            return None
+        return {"parts": {k: _part_text(v) for k, v in parts.items()},
+                "feature_layers": list(self.feature_layers), "reference_layers": list(self.reference_layers)}
+
+
+def _present(part: Any) -> bool:
+    return part is not None and not (isinstance(part, (list, tuple)) and not part)
+
+
+def _part_text(part: Any) -> Any:
+    """A step part as the record shows it: its repr without memory addresses (a list: each one's)."""
+    if isinstance(part, (list, tuple)):
+        return [_part_text(p) for p in part]
+    if hasattr(part, "__qualname__"):
+        return f"{part.__module__}.{part.__qualname__}"
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(part))
 
 
 class Strategy:

@@ -53,6 +53,7 @@ FAST_SETTINGS = ["epochs=4", "scratch.lr=0.01", "full.lr=0.01", "partial.lr=0.01
                  "frozen.head_lr=0.03", "discriminative-lr.backbone_lr=0.003", "discriminative-lr.head_lr=0.03",
                  "lp-ft.probe_lr=0.03", "lp-ft.lr=0.01", "lp-ft.probe_epochs=2", "llrd.lr=0.03", "bitfit.lr=0.003",
                  "bitfit.head_lr=0.03", "l2-sp.lr=0.01", "wise-ft.lr=0.01", "lora.lr=0.01", "lora.head_lr=0.03",
+                 "delta.lr=0.01", "bss.lr=0.01", "mixup.lr=0.01", "swa.lr=0.01", "llrd-block.lr=0.03",
                  "data.train_size=128"]
 
 

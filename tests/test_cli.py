@@ -52,8 +52,11 @@ def test_every_registered_strategy_learns_and_records_everything(grid_run, strat
     assert m["epochs"] == sum(p["epochs"] for p in phases) == len(m["history"]) and 1 <= m["best_epoch"] <= m["epochs"]
     selectable_phases = {p["name"] for p in phases if p["selectable"]}
     selectable = [h["val_top1"] for h in m["history"] if h["phase"] in selectable_phases]
-    if record["plan"]["after_training"]:  # wise-ft: the weights it chose on validation are the ones tested
-        assert m["val_top1"] == max(record["plan"]["after_training"]["val_top1_by_alpha"].values())
+    after = record["plan"]["after_training"]
+    if after and "val_top1_by_alpha" in after:  # wise-ft: the weights it chose on validation are the ones tested
+        assert m["val_top1"] == max(after["val_top1_by_alpha"].values())
+    elif after:  # swa: the averaged weights are the ones tested
+        assert m["val_top1"] == after.get("val_top1_averaged", after["val_top1_best_epoch"])
     else:
         assert m["val_top1"] == max(selectable), "best epoch chosen on validation"
     assert m["train_images_per_s"] > 0 and m["eval_images_per_s"] > 0 and m["gflops_per_image"] > 0

@@ -82,6 +82,23 @@ def test_every_plugin_kind_has_an_example_file():
                                "example_strategy"]
 
 
+def test_batch_strategy_example_trains_on_the_batch(install_examples, tmp_path, tiny_backbone):
+    """docs/examples/center_loss.py: a third-party strategy that uses the batch, in at most 40 lines."""
+    assert len(read("docs/examples/center_loss.py").splitlines()) <= 40
+    sys.modules.pop("center_loss", None)
+    (module,) = install_examples("center_loss")
+    try:
+        result = invoke("run", "-s", "center-loss", "-b", tiny_backbone, "-d", "synthetic", "--epochs", "2",
+                        "--results-dir", tmp_path / "r", "-q", "--set", "center-loss.lr=0.01",
+                        "--set", "center-loss.lam=0.1")
+        assert result.exit_code == 0, result.output
+        (record,) = records_in(tmp_path / "r")
+        assert record["status"] == "ok" and all(h["loss_term"] > 0 for h in record["metrics"]["history"])
+        assert record["plan"]["phases"][0]["batch_parts"] == ["step_loss", "callbacks"]
+    finally:
+        sys.modules.pop("center_loss", None)
+
+
 def test_strategy_example_trains_its_three_phases(install_examples, tmp_path, tiny_backbone):
     install_examples("example_strategy")
     result = invoke("run", "-s", "gradual-unfreeze", "-b", tiny_backbone, "-d", "synthetic", "--epochs", "4",
