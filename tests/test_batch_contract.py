@@ -253,3 +253,21 @@ def test_delta_pulls_feature_maps_towards_the_starting_models():
     same = StepContext(torch.zeros(1), torch.zeros(1), torch.zeros(4, 2), None, {"m": reference}, {"m": reference}, ctx)
     head_only = FeatureMapDistance(alpha=0.5, beta=0.2)(same)
     assert head_only.item() == pytest.approx(0.1 * sum((p ** 2).sum().item() for p in head.parameters()))
+
+
+class FullWithCallback(Strategy):
+    """`full` plus a callback that does nothing: the same numbers, but never a shared phase."""
+
+    name = "full-callback"
+    defaults = {"lr": 0.01, "batchnorm": "frozen"}
+
+    def plan(self, group_names, hparams):
+        return TrainPlan({g: hparams["lr"] for g in group_names}, hparams["batchnorm"], callbacks=(Callback(),))
+
+
+def test_a_plan_with_batch_parts_is_never_a_shared_phase(tmp_path, tiny_backbone):
+    records = grid(tmp_path, tiny_backbone, ["full", "full-callback"], settings=["full.lr=0.01"],
+                   plugins=with_strategies(FullWithCallback))
+    assert [p["shared_from"] for p in records["full-callback"].plan["phases"]] == [None]
+    full, other = records["full"].metrics, records["full-callback"].metrics
+    assert (full.val_top1, full.test_top1, full.history) == (other.val_top1, other.test_top1, other.history)
