@@ -5,6 +5,8 @@ A plugin needs only ``from tlbench import hookimpl`` plus the small public types
 :func:`run_grid` (:class:`TuneSpec` and :func:`tune_grid` for ``--tune``). This module only re-exports: nothing
 inside tlbench imports it, so it can sit above every module it names.
 """
+# First, before any import loads torch: how OpenMP threads wait is read once, when torch loads (issue 28).
+from tlbench.cpu_threads import set_openmp_defaults as _openmp; _openmp()  # noqa: E702, I001
 from tlbench.grid import GridResult, run_grid
 from tlbench.hookspecs import hookimpl
 from tlbench.jobs import WorkerRefused

@@ -259,6 +259,8 @@ def cpu_model_name() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     import timm  # deferred: heavy (~0.7 s), only for the environment record; `import tlbench` does not load it
 
+    from tlbench.cpu_threads import openmp_record
+
     return {
         "device": device_name(device),
         "device_type": device.type,
@@ -273,4 +275,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         **processor(),
         "git_commit": _git_commit(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
+        # how idle OpenMP threads wait, who chose it (tlbench, or the user's own variables) and why: issue 28
+        "openmp": openmp_record(),
     }
