@@ -18,6 +18,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from tlbench import version
+from tlbench.cpu_threads import openmp_record
 
 
 def synchronize(device: torch.device) -> None:
@@ -259,7 +260,6 @@ def cpu_model_name() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     import timm  # deferred: heavy (~0.7 s), only for the environment record; `import tlbench` does not load it
 
-    from tlbench.cpu_threads import openmp_record
 
     return {
         "device": device_name(device),
