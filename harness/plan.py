@@ -204,21 +204,11 @@ class Trial:
         return trial
 
 
-# A strategy's settings where an int and a float of one value mean different things (they become Phase.epochs:
-# an int is a number of epochs, a float that multiple of the trial's epochs, e.g. lp-ft.probe_epochs): kept as given.
-TYPE_MEANINGFUL_SUFFIX = "epochs"
-
-
-def _keep_type(value: Any, default: Any, key: str = "") -> Any:
+def _keep_type(value: Any, default: Any) -> Any:
     """A ``--set`` value in the form of its setting (:func:`normalise_setting`); ``--set data.augment=none``
     means the string "none" where the setting is a string (parse_value reads the bare word as None, which is right
-    for settings like ``image_size=none``). A strategy's ``*epochs`` settings (``key``) keep the type given: an int
-    counts epochs, a float multiplies the trial's."""
-    if value is None and isinstance(default, str):
-        return "none"
-    if key.endswith(TYPE_MEANINGFUL_SUFFIX):
-        return value
-    return normalise_setting(value, default)
+    for settings like ``image_size=none``)."""
+    return "none" if value is None and isinstance(default, str) else normalise_setting(value, default)
 
 
 EXACT_FLOAT_INTEGERS = 2**53  # every whole number up to here is a float and an int of the same value
@@ -348,7 +338,7 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                 continue
             if sub in hparams:
                 default = strategy.defaults[sub]
-                hparams[sub] = value = _keep_type(value, default, sub)
+                hparams[sub] = value = _keep_type(value, default)
             elif sub in PROTOCOL_DEFAULTS:
                 default = {**PROTOCOL_DEFAULTS, **dict(strategy.protocol)}[sub]
                 protocol[sub] = value = _keep_type(value, default)
