@@ -7,6 +7,7 @@ import signal
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import click
 from tabulate import tabulate
 
 from tlbench import export as exporting
-from tlbench.errors import one_line
+from tlbench.errors import one_line, printable
 from tlbench.export import load_export
+from tlbench.files import remove_stale_temporaries
 from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET, run_grid
 from tlbench.interrupts import GridInterrupted, on_sigterm
 from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, render
@@ -26,6 +28,7 @@ from tlbench.report import write_report
 from tlbench.rerun import other_processor, rerun_spec
 from tlbench.search_space import search_space
 from tlbench.spec import DEFAULT_BUDGET, RunSpec, TuneSpec
+from tlbench.splits import DataWarning
 from tlbench.store import ResultStore, default_results_dir
 from tlbench.tuning import tune_grid
 from tlbench.types import UsageError
@@ -37,10 +40,26 @@ def _plugins():
     return Plugins()
 
 
+def _echo(text: Any = "", err: bool = False) -> None:
+    """Every line tlbench prints goes through here: user text in it (labels, file names, settings, a plugin's
+    error) is shown literally, its control characters escaped (:func:`tlbench.errors.printable`)."""
+    click.echo(printable(text), err=err)
+
+
 class BadInput(click.ClickException):
     """Bad input: click prints "Error: <one line>" and exits 2 (no usage preamble: the line says the fix)."""
 
     exit_code = 2
+
+    def format_message(self) -> str:
+        return printable(self.message)
+
+
+class WriteFailed(click.ClickException):
+    """A file could not be written (a full disk, an I/O error): "Error: <one line>", exit 1, nothing half-written."""
+
+    def format_message(self) -> str:
+        return printable(self.message)
 
 
 def _fail(message: str) -> None:
@@ -98,7 +117,7 @@ class TlbenchGroup(_ParseErrorsKnowTheirCommand, click.Group):
             raise _parse_error(exc) from None
         except (KeyboardInterrupt, GridInterrupted) as exc:  # outside a grid's trials: before or after them
             name = exc.signal_name if isinstance(exc, GridInterrupted) else "SIGINT"
-            click.echo(f"tlbench: stopped by {name}; finished records are kept; run the same command again to "
+            _echo(f"tlbench: stopped by {name}; finished records are kept; run the same command again to "
                        f"resume", err=True)
             raise click.exceptions.Exit(143 if name == "SIGTERM" else 130) from None
 
@@ -139,18 +158,18 @@ class _PrintingReporter:
     def grid_started(self, result: Any) -> None:
         where = result.device if result.executor == "local" else f"executor {result.executor}"
         for line in result.left_out:
-            click.echo(f"tlbench: {line}", err=True)
-        click.echo(f"tlbench: {len(result.trials)} trial(s), {result.skipped} already done, {result.pending} to run "
+            _echo(f"tlbench: {line}", err=True)
+        _echo(f"tlbench: {len(result.trials)} trial(s), {result.skipped} already done, {result.pending} to run "
                    f"on {where}; results in {result.results_dir}", err=True)
 
     def trial_finished(self, record: Any) -> None:
-        click.echo(_trial_line(record), err=True)
+        _echo(_trial_line(record), err=True)
 
     def trial_busy(self, job: Any) -> None:
-        click.echo(f"    busy  {job.key}: another tlbench process is running it", err=True)
+        _echo(f"    busy  {job.key}: another tlbench process is running it", err=True)
 
     def message(self, text: str) -> None:
-        click.echo(f"tlbench: {text}", err=True)
+        _echo(f"tlbench: {text}", err=True)
 
 
 def _progress_factory(quiet: bool):
@@ -158,7 +177,7 @@ def _progress_factory(quiet: bool):
 
 
 def _warn_line(message: str) -> None:
-    click.echo(f"Warning: {message}", err=True)
+    _echo(f"Warning: {message}", err=True)
 
 
 def _trial_line(record: Any) -> str:
@@ -272,7 +291,7 @@ def _execute(spec: RunSpec, tuning: TuneSpec | None, fmt: str) -> None:
     result = run_grid(spec, **common)
     table = render(result.records, fmt, formats=formats)
     if table:
-        click.echo(table)
+        _echo(table)
     _report_grid(result)
     if result.exit_code:
         sys.exit(result.exit_code)
@@ -284,13 +303,15 @@ def _report_tuning(tuned: Any, fmt: str, formats: dict[str, Any]) -> None:
     if tuned.sweeps:
         table = render(tuned.records, fmt, formats=formats, sweeps=tuned.sweeps)
         if table:
-            click.echo(table)
+            _echo(table)
     for grid in tuned.grids:
         _report_grid(grid)
     for line in tuned.not_selected:
-        click.echo(f"tlbench: not tuned: {line}", err=True)
+        _echo(f"tlbench: not tuned: {line}", err=True)
+    if tuned.aborted:
+        _echo(f"tlbench: stopped: {tuned.aborted}", err=True)
     if tuned.left_out:
-        click.echo(f"tlbench: {len(tuned.left_out)} strategy(ies) left out: they need an optional package (see the "
+        _echo(f"tlbench: {len(tuned.left_out)} strategy(ies) left out: they need an optional package (see the "
                    f"lines at the start)", err=True)
 
 
@@ -299,17 +320,17 @@ def _report_grid(result: Any) -> None:
     left_out = f"{len(result.left_out)} left out (optional package missing), " if result.left_out else ""
     counts = (f"{len(result.ok)} ok, {len(result.failed)} failed, {left_out}{result.skipped} skipped (done before), "
               f"{result.done_elsewhere} done by another process, in {result.elapsed_s:.1f} s")
-    click.echo(f"tlbench: {counts}", err=True)
+    _echo(f"tlbench: {counts}", err=True)
     for record in result.failed + result.failed_before:
         earlier = " (earlier run; --retry-failed re-runs it)" if record in result.failed_before else ""
-        click.echo(f"  {record.status}: {record.trial.label} seed {record.trial.seed} on {record.trial.backbone}"
+        _echo(f"  {record.status}: {record.trial.label} seed {record.trial.seed} on {record.trial.backbone}"
                    f"{earlier}: {record.error}", err=True)
     if result.interrupted or result.aborted:
         why = f" by {result.interrupted}" if result.interrupted else f": {result.aborted}"
-        click.echo(f"tlbench: stopped{why}; finished records are kept; resume with: {result.resume_command}",
+        _echo(f"tlbench: stopped{why}; finished records are kept; resume with: {result.resume_command}",
                    err=True)
     elif result.missing:
-        click.echo(f"tlbench: {len(result.missing)} trial(s) have no record: {', '.join(result.missing[:5])}", err=True)
+        _echo(f"tlbench: {len(result.missing)} trial(s) have no record: {', '.join(result.missing[:5])}", err=True)
 
 
 @cli.command(name="list")
@@ -341,12 +362,12 @@ def list_(kind: str | None, wide: bool) -> None:
             rows.append(row + [registry.owner(item_name)])
         headers = (["name", "description", "defaults"] + (["search space (--tune)"] if name == "strategies" else [])
                    + ["plugin"])
-        click.echo(f"{name}:")
-        click.echo(tabulate(rows if wide else _fit_to_width(rows, headers, width), headers=headers,
+        _echo(f"{name}:")
+        _echo(tabulate(rows if wide else _fit_to_width(rows, headers, width), headers=headers,
                             tablefmt="simple"))
         for item_name, hint in unavailable.items():
-            click.echo(f"* {item_name} is unavailable here: it needs an optional package: {hint}")
-        click.echo()
+            _echo(f"* {item_name} is unavailable here: it needs an optional package: {hint}")
+        _echo()
 
 
 def _fit_to_width(rows: list[list[str]], headers: list[str], width: int) -> list[list[str]]:
@@ -378,7 +399,7 @@ def plugins() -> None:
     loaded = _plugins()
     rows = [[i.name, i.version, "built-in" if i.builtin else "third-party", ", ".join(i.hooks) or "-",
              i.error or ""] for i in loaded.info.values()]
-    click.echo(tabulate(rows, headers=["plugin", "version", "kind", "hooks", "error"], tablefmt="simple"))
+    _echo(tabulate(rows, headers=["plugin", "version", "kind", "hooks", "error"], tablefmt="simple"))
 
 
 @cli.command()
@@ -401,12 +422,12 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
     `tlbench run --tune`, the tuned rows follow the others, with a "tuning" column."""
     if help_columns:
         for name, (header, _, _) in COLUMNS.items():
-            click.echo(f"{name:10} {header}")
+            _echo(f"{name:10} {header}")
         return
     formats = dict(_plugins().leaderboard_formats.items())
     if help_formats:
         for name, item in formats.items():
-            click.echo(f"{name:10} {item.description}")
+            _echo(f"{name:10} {item.description}")
         return
     chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else (
         WIDE_COLUMNS if wide else DEFAULT_COLUMNS)
@@ -417,7 +438,7 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
                   sweeps=store.sweeps(), candidates=candidates)
     if not text:
         _fail(f"no records in {str(store.root)!r}" + (f" for dataset {dataset!r}" if dataset else ""))
-    click.echo(text)
+    _echo(text)
 
 
 @cli.command()
@@ -431,15 +452,20 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def report(results_dir: Path | None, out: Path, dataset: str | None, reference: str, quiet: bool) -> None:
     """A self-contained HTML report: leaderboard, plots, paired statistics, protocol, environment."""
-    store = ResultStore(results_dir or default_results_dir())
+    store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
     plugins = _plugins()
     plugins.require_valid()
-    written = write_report(store.records(), out, sections=[s for _, s in plugins.report_sections.items()],
-                           dataset=dataset, reference=reference, progress=_progress_factory(quiet),
-                           source=str(store.root), sweeps=store.sweeps(), warn=_warn_line)
-    click.echo(f"tlbench: report written to {written}", err=True)
+    if out.parent.is_dir():  # a report's temporary file that a killed `tlbench report` left
+        remove_stale_temporaries(out.parent.glob(f".{out.name}.*.tmp"))
+    try:
+        written = write_report(store.records(), out, sections=[s for _, s in plugins.report_sections.items()],
+                               dataset=dataset, reference=reference, progress=_progress_factory(quiet),
+                               source=str(store.root), sweeps=store.sweeps(), warn=_warn_line)
+    except OSError as exc:  # a full disk, an I/O error: the old file (if any) is untouched
+        raise WriteFailed(f"could not write {str(out)!r}: {exc.strerror or exc}; nothing was written") from None
+    _echo(f"tlbench: report written to {written}", err=True)
 
 
 @cli.command()
@@ -460,7 +486,7 @@ def rerun(key: str, results_dir: Path | None, print_only: bool) -> None:
         _warn_line(why_different)
     spec = rerun_spec(record, store.root)
     if print_only:
-        click.echo("tlbench " + " ".join(shlex.quote(a) for a in spec.arguments()))
+        _echo("tlbench " + " ".join(shlex.quote(a) for a in spec.arguments()))
         return
     _execute(spec, None, "github")
 
@@ -513,7 +539,7 @@ def export(key: str | None, best: bool, dataset: str | None, backbone: str | Non
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
     record = exporting.best_record(store, dataset, backbone) if best else exporting.find_record(store, key or "")
-    say = lambda line: click.echo(f"tlbench: {line}", err=True)  # noqa: E731
+    say = lambda line: _echo(f"tlbench: {line}", err=True)  # noqa: E731
     plugins = _plugins()
     trained = exporting.trained_model(record, store.root, plugins, device=device, accept_different=accept_different,
                                       progress="auto", say=say)
@@ -543,11 +569,25 @@ def predict(model_dir: Path, images: tuple[Path, ...], top_k: int, fmt: str, use
     else:
         with click.progressbar(length=len(files), label="predicting", file=sys.stderr) as bar:
             _, predictions = run_predict(exported, files, top_k, use, progress=bar.update)
-    click.echo(render_predictions(predictions, fmt))
+    _echo(render_predictions(predictions, fmt))
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """tlbench's own warnings about data and caches (:class:`tlbench.splits.DataWarning` and its kinds) as one
+    ``Warning:`` line, like every other warning of the command; anything else as Python shows it."""
+    if issubclass(category, DataWarning):
+        _warn_line(one_line(str(message)))
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)  # like Ctrl-C: a clean stop with the summary, exit 143
+    warnings.showwarning = _show_warning
     cli(prog_name="tlbench")
 
 

@@ -11,6 +11,7 @@ are never evicted; deleting the folder is always safe.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +26,8 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from tlbench.splits import DataWarning
+from tlbench.files import check_regular, file_mode, parse_json, fsync_directory, remove_stale_temporaries
+from tlbench.splits import DataWarning, available_memory
 from tlbench.types import DatasetFamily, ImageSplits
 
 CACHE_DIR_ENV = "TLBENCH_CACHE_DIR"
@@ -101,11 +103,16 @@ def _read(path: Path, key: str) -> ImageSplits | None:
     The file is memory-mapped and each tensor copied out once, so a hit needs the data's size in memory, not twice
     that; the checksum is computed on the copies, so what is returned is exactly what was verified.
     """
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return None
     try:
+        status = check_regular(path)  # a FIFO or a device is never opened (safe_open would block on a FIFO)
+        available = available_memory()
+        if available is not None and status.st_size > available:
+            raise ValueError(f"{status.st_size / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of "
+                             f"memory available")
         with safe_open(str(path), "pt") as handle:
-            metadata = json.loads((handle.metadata() or {})[METADATA_KEY])
+            metadata = parse_json((handle.metadata() or {})[METADATA_KEY])
             if metadata.get("format") != CACHE_FORMAT_VERSION or metadata.get("key") != key:
                 raise ValueError("written for other data or by another version")
             if set(handle.keys()) != set(TENSOR_NAMES):
@@ -124,39 +131,38 @@ def _read(path: Path, key: str) -> ImageSplits | None:
 
 
 def _write(path: Path, key: str, splits: ImageSplits) -> None:
-    """Atomic write: a temporary file in the same folder, fsynced, then renamed over ``path``."""
+    """Atomic write: a temporary file in the same folder (held with an exclusive lock while it exists, so a later
+    run's :func:`tlbench.files.remove_stale_temporaries` tells it from a killed writer's leftover), fsynced, given
+    the user's umask permissions, then renamed over ``path``. Any failure (a full disk included, which safetensors
+    reports as its own error) is an ``OSError`` here, with the temporary file removed."""
     tensors = {name: getattr(splits, name).contiguous() for name in TENSOR_NAMES}
     metadata = {"format": CACHE_FORMAT_VERSION, "key": key, "sha256": _digest(tensors),
                 "classes": list(splits.classes), "source": splits.source}
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent.glob(".*.safetensors.*.tmp"))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    written = None
     try:
-        safetensors.torch.save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(metadata)})
-        handle = os.open(temporary, os.O_RDONLY)
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
+            safetensors.torch.save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(metadata)})
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' SafetensorError wraps the OS error (e.g. no space left)
+            raise OSError(f"{type(exc).__name__}: {exc}") from None
+        written = os.open(temporary, os.O_RDONLY)  # save_file puts a new file at that name: lock and finish it
+        fcntl.flock(written, fcntl.LOCK_EX)
+        os.fsync(written)
+        os.fchmod(written, file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Makes the rename itself durable where the platform allows it (not on Windows)."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
     finally:
         os.close(handle)
+        if written is not None:
+            os.close(written)
+    fsync_directory(path.parent)
 
 
 def _digest(tensors: Mapping[str, torch.Tensor]) -> str:

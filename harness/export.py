@@ -41,6 +41,7 @@ from torch import nn
 from tlbench import version
 from tlbench.data_cache import load_splits
 from tlbench.errors import first_line
+from tlbench.files import file_mode, folder_mode, read_json
 from tlbench.jobs import TrialJob, Worker
 from tlbench.phases import apply_surgery
 from tlbench.plan import Trial, strategy_plan
@@ -413,9 +414,9 @@ def export(trained: Trained, out: Path, formats: Sequence[str], plugins: Any, *,
                                  f" with amp={record.runtime.get('amp')}; checked here in float32 on the CPU)")
         _write_config(tmp / "config.json", timm_model, trained, _config(trained, files, checks, notes))
         (tmp / "README.md").write_text(model_card(trained, out, formats, checks, notes), encoding="utf-8")
-        for path in tmp.iterdir():
-            os.chmod(path, 0o644)
-        os.chmod(tmp, 0o755)
+        for path in tmp.iterdir():  # what the user's umask gives (0644 / 0755 under 022), not mkdtemp's 0700
+            os.chmod(path, file_mode())
+        os.chmod(tmp, folder_mode())
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -602,7 +603,7 @@ def load_export(folder: Path | str) -> Exported:
     config_path = folder / "config.json"
     hint = f"export it again with `tlbench export KEY --out {folder} --overwrite`"
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = read_json(config_path)  # a regular file within the JSON limits: a folder may come from anyone
         section = config["tlbench"]
         files, p = section["files"], section["preprocessing"]
         [p[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")]  # noqa: B018 (must exist)

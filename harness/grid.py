@@ -21,12 +21,13 @@ from tlbench.data_cache import CACHE_DIR_ENV
 from tlbench.devices import check_device, pick_device
 from tlbench.interrupts import GridInterrupted, raise_on_sigterm
 from tlbench.jobs import TrialJob, Worker, WorkerRefused, adopt_worker, code_versions
-from tlbench.plan import Trial, build_trials
+from tlbench.plan import Trial, build_trials, normalise_setting
 from tlbench.record_hooks import record_finished
 from tlbench.records import Record, RecordError
 from tlbench.registry import Plugins
 from tlbench.runner import TrialRunner
 from tlbench.spec import RunSpec
+from tlbench.splits import available_memory
 from tlbench.store import ResultStore, default_results_dir
 from tlbench.types import UsageError
 
@@ -249,6 +250,58 @@ def resolve_names(plugins: Plugins, spec: RunSpec) -> GridNames:
     return GridNames(chosen_strategies, backbone_names, chosen_datasets, left_out)
 
 
+# What planning one trial costs the driver (the trial, its job, its record read back), with room to spare: measured
+# about 2.1 KiB for a trial and its job, and records are a few KiB.
+PLANNING_BYTES_PER_TRIAL = 16 * 2**10
+# Training memory per byte of a float32 input batch, at least (the forward pass's activations kept for the backward
+# pass): measured 51x for timm's test_efficientnet, 110x for resnet18, 160x for efficientnet_lite0 on the CPU.
+ACTIVATION_FACTOR = 32
+
+
+def check_grid_size(count: int, described: str, fix: str) -> None:
+    """Refuse, before planning it, a grid whose trials alone would not fit in this machine's memory (e.g.
+    ``--seeds 1000000000000``): one line saying how many trials, what they need and what is available."""
+    needed = count * PLANNING_BYTES_PER_TRIAL
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UsageError(f"the grid has {count} trials ({described}); planning them needs about "
+                         f"{needed / 2**30:,.0f} GiB of memory but {available / 2**30:.1f} GiB is available; {fix}")
+
+
+def batch_memory(trial: Trial) -> tuple[int, int] | None:
+    """(image side, bytes) that training one batch of ``trial`` needs at least, or None when the side is the
+    backbone's own (not known before the backbone is built)."""
+    side = trial.protocol.get("image_size") or trial.data_options.get("image_size")
+    batch = trial.protocol.get("batch_size")
+    if not isinstance(side, int) or not isinstance(batch, int):
+        return None
+    return side, batch * 3 * side * side * 4 * ACTIVATION_FACTOR
+
+
+def check_batch_memory(trials: Sequence[Trial], device: torch.device) -> None:
+    """Refuse, before anything runs, a trial whose training batch cannot fit in the memory of the device it runs on
+    (the machine's available memory on the CPU, the GPU's total memory on CUDA), e.g. ``image_size=4096``: it would
+    be killed by the kernel's out-of-memory killer with no record and no message."""
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+        where = f"{device}'s"
+    elif device.type == "cpu":
+        available, where = available_memory(), "this machine's available"
+    else:
+        return
+    if available is None:
+        return
+    worst = max((need + (t,) for t in trials if (need := batch_memory(t)) is not None), default=None,
+                key=lambda item: item[1])
+    if worst is None or worst[1] <= available:
+        return
+    side, needed, trial = worst
+    where_set = "data.image_size" if not trial.protocol.get("image_size") else "image_size"
+    raise UsageError(f"{trial.title}: training a batch of {trial.protocol['batch_size']} images at {side} px needs "
+                     f"at least {needed / 2**30:.1f} GiB but {where} memory is {available / 2**30:.1f} GiB; lower "
+                     f"{where_set} or batch_size (--set {where_set}=<pixels>)")
+
+
 def executor_options(executor: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     """The executor's declared defaults updated with ``given``; an unknown option is an error with a suggestion,
     and a value must have its default's type (None defaults take anything)."""
@@ -261,6 +314,7 @@ def executor_options(executor: Any, given: Mapping[str, Any]) -> dict[str, Any]:
             raise UsageError(f"unknown option executor.{key} for executor {executor.name!r}"
                              + (f"; did you mean {close[0]!r}?" if close else f" (its options: {known})"))
         default = defaults[key]
+        value = normalise_setting(value, default)  # executor.workers=2.0 is 2
         if default is not None and value is not None:
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise UsageError(f"executor.{key} must be true or false, got {value!r}")
@@ -295,6 +349,9 @@ def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugin
     chosen_executor = plugins.executors.get(spec.executor, plugins.failure_hint())
     options = executor_options(chosen_executor, spec.executor_options)
     if trials is None:
+        check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies) * spec.seeds,
+                        f"{len(names.strategies)} strategy(ies) x {len(names.backbones)} backbone(s) x "
+                        f"{len(names.datasets)} dataset(s) x {spec.seeds} seed(s)", "lower --seeds")
         trials = build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
                               seeds=spec.seed_range, overrides=spec.settings,
                               registered_strategies=dict(plugins.strategies.items()))
@@ -324,9 +381,14 @@ def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugin
     result.pending = len(pending)
     if pending:  # bad data or impossible plans fail here, before anything is written
         store.check_record_paths(t.key for t in pending)
+        if driver_device is not None:  # trials run on this machine: what one training batch needs must fit
+            check_batch_memory(pending, driver_device)
         checker = (grid.local_worker().runner if in_process
                    else TrialRunner(plugins, driver_device or torch.device("cpu")))
         checker.check(pending)
+        check_ready = getattr(chosen_executor, "check_ready", None)
+        if check_ready is not None:  # connectivity and resources (a cluster), still before anything is written
+            check_ready(options, spec.device)
     store.create()
     store.clean_leftovers()
 

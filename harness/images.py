@@ -4,11 +4,13 @@ and ``tlbench predict`` decode through :func:`decode_image_file`."""
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tlbench.files import read_regular
 from tlbench.splits import fit_image
 
 SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -17,6 +19,7 @@ DECODER_VERSION = 2  # part of the fingerprint: bump when decoding (to_rgb8, dec
 # What Pillow may decode, recognised by content: common formats it decodes itself. EPS/PS (which Pillow hands to
 # Ghostscript) and every other format, however harmless, are refused: a short list is a small attack surface.
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # Pillow's names; JPEG opens MPO too
+MAX_IMAGE_BYTES = 512 * 2**20  # a larger file is refused unread, like an unreadable image
 REFUSED_SIGNATURES = {  # leading bytes -> what the file is, for the refusal message
     b"%!PS": "PostScript/EPS", b"\xc5\xd0\xd3\xc6": "EPS (DOS binary)", b"%PDF": "PDF",
 }
@@ -46,11 +49,14 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 
 def open_image(path: Path) -> Image.Image:
     """``Image.open`` limited to :data:`ALLOWED_FORMATS`, identified by content; anything else raises
-    :class:`RefusedImageFormat` with one line saying what the content is, before any decoder of it runs."""
+    :class:`RefusedImageFormat` with one line saying what the content is, before any decoder of it runs. Only a
+    regular file of at most :data:`MAX_IMAGE_BYTES` is read (:func:`tlbench.files.read_regular`): a FIFO, a device
+    or a huge file raises :class:`tlbench.files.Refused` unread, so nothing can block or stream forever."""
+    data = read_regular(path, MAX_IMAGE_BYTES)
     try:
-        return Image.open(path, formats=_registered_formats())
+        return Image.open(io.BytesIO(data), formats=_registered_formats())
     except UnidentifiedImageError:
-        raise RefusedImageFormat(refusal_reason(path)) from None
+        raise RefusedImageFormat(refusal_reason(data)) from None
 
 
 @functools.cache
@@ -61,9 +67,9 @@ def _registered_formats() -> tuple[str, ...]:
     return tuple(name for name in ALLOWED_FORMATS if name in Image.OPEN)
 
 
-def refusal_reason(path: Path) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(16)
+def refusal_reason(data: bytes | Path) -> str:
+    """Why a file's content (its bytes, or the path of a regular file) is refused, in one line."""
+    head = data[:16] if isinstance(data, bytes) else read_regular(data, MAX_IMAGE_BYTES)[:16]
     kind = next((name for signature, name in REFUSED_SIGNATURES.items() if head.startswith(signature)), None)
     allowed = ", ".join(ALLOWED_FORMATS)
     if kind:

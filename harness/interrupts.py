@@ -38,3 +38,19 @@ class raise_on_sigterm:
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+class keep_sigterm:
+    """Around a library call that installs its own SIGTERM handler (``ray.init`` installs one that calls
+    ``sys.exit``, which ends in Ray's own crash output with no summary): whatever handled SIGTERM before the block
+    handles it again after it, so SIGTERM still stops the grid cleanly. Outside the main thread, nothing is done."""
+
+    def __enter__(self) -> "keep_sigterm":
+        self._handler = None
+        if threading.current_thread() is threading.main_thread():
+            self._handler = signal.getsignal(signal.SIGTERM)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handler is not None and signal.getsignal(signal.SIGTERM) is not self._handler:
+            signal.signal(signal.SIGTERM, self._handler)

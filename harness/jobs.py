@@ -192,9 +192,12 @@ def run_job_reply(job: TrialJob | Mapping[str, Any]) -> dict[str, Any]:
         return {"error": f"the worker could not run the trial: {type(exc).__name__}: {exc}"}
 
 
-def finish_from_reply(session: Any, job: TrialJob, reply: Mapping[str, Any]) -> None:
-    """Hand a worker's reply to the driver: the record, or a failed record with the worker's error; a refusal
-    stops the grid (every worker of this code would refuse)."""
+def finish_from_reply(session: Any, job: TrialJob, reply: Any) -> None:
+    """Hand a worker's reply to the driver: the record, or a failed record with the worker's error (or with what
+    was wrong with a reply that is not one); a refusal stops the grid (every worker of this code would refuse)."""
+    if not isinstance(reply, Mapping):
+        session.fail(job, f"the worker's reply is not a record but {type(reply).__name__}")
+        return
     if "refused" in reply:
         raise WorkerRefused(str(reply["refused"]))
     if "record" in reply:
@@ -227,3 +230,45 @@ def partition(jobs: Sequence[TrialJob], workers: int) -> list[list[TrialJob]]:
         middle = (len(batch) + 1) // 2
         result[largest:largest] = [batch[:middle], batch[middle:]]
     return result
+
+
+DRIVER_PID_ENV = "TLBENCH_DRIVER_PID"  # set for worker processes that must not outlive the driver that started them
+
+
+def watch_driver(driver_pid: int | None = None, interval_s: float = 1.0) -> threading.Thread | None:
+    """In a worker process the driver started on this machine (a ``process`` executor child, a local Slurm task):
+    end this process as soon as the driver is gone, however it ended (``kill -9`` included), instead of training to
+    the end of a trial nobody will record. A daemon thread checks once per ``interval_s`` that this process still
+    has the parent it started with and that ``driver_pid`` (default: ``$TLBENCH_DRIVER_PID``) is alive; when not,
+    the process exits at once (also when the driver is already gone). Returns the thread, or None when there is no
+    driver to watch."""
+    if driver_pid is None:
+        try:
+            driver_pid = int(os.environ.get(DRIVER_PID_ENV, ""))
+        except ValueError:
+            return None
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent and process_alive(driver_pid):
+            time.sleep(interval_s)
+        os._exit(143)  # the driver is gone: stop now (nothing of this trial would be recorded)
+
+    thread = threading.Thread(target=watch, name="tlbench-watch-driver", daemon=True)
+    thread.start()
+    return thread
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

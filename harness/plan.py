@@ -204,10 +204,45 @@ class Trial:
         return trial
 
 
-def _keep_type(value: Any, default: Any) -> Any:
-    """``--set data.augment=none`` means the string "none" where the setting is a string (parse_value reads the
-    bare word as None, which is right for settings like ``image_size=none``)."""
-    return "none" if value is None and isinstance(default, str) else value
+# A strategy's settings where an int and a float of one value mean different things (they become Phase.epochs:
+# an int is a number of epochs, a float that multiple of the trial's epochs, e.g. lp-ft.probe_epochs): kept as given.
+TYPE_MEANINGFUL_SUFFIX = "epochs"
+
+
+def _keep_type(value: Any, default: Any, key: str = "") -> Any:
+    """A ``--set`` value in the form of its setting (:func:`normalise_setting`); ``--set data.augment=none``
+    means the string "none" where the setting is a string (parse_value reads the bare word as None, which is right
+    for settings like ``image_size=none``). A strategy's ``*epochs`` settings (``key``) keep the type given: an int
+    counts epochs, a float multiplies the trial's."""
+    if value is None and isinstance(default, str):
+        return "none"
+    if key.endswith(TYPE_MEANINGFUL_SUFFIX):
+        return value
+    return normalise_setting(value, default)
+
+
+EXACT_FLOAT_INTEGERS = 2**53  # every whole number up to here is a float and an int of the same value
+
+
+def normalise_setting(value: Any, default: Any) -> Any:
+    """Equal numbers, one form, so one setting gives one trial key however it is written: a number takes the type
+    of the setting's default where the value is equal (``full.lr=1`` is ``1.0`` for a float default,
+    ``epochs=2.0`` is ``2`` for an integer one); where the default says no number type (None, a string such as
+    "auto"), a whole number is an integer (``image_size=224.0`` is ``224``). Lists are normalised item by item
+    against the type their default's items share. ``1e-4`` and ``0.0001`` are already one float. Booleans and
+    everything else are left as they are, so the default configurations' keys never change."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value
+    if isinstance(value, list):
+        kinds = {type(item) for item in default} if isinstance(default, (list, tuple)) and default else set()
+        item_default = next(iter(default)) if len(kinds) == 1 else None
+        return [normalise_setting(item, item_default) for item in value]
+    if isinstance(value, int) and isinstance(default, float):
+        return float(value) if abs(value) <= EXACT_FLOAT_INTEGERS else value
+    if isinstance(value, float) and not isinstance(default, float) and value.is_integer() \
+            and abs(value) <= EXACT_FLOAT_INTEGERS:
+        return int(value)
+    return value
 
 
 def validate_protocol(protocol: Mapping[str, Any], where: str) -> None:
@@ -305,7 +340,7 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
     for name, strategy in strategies:
         protocol = {**protocol_base, **dict(strategy.protocol)}
         hparams = dict(strategy.defaults)
-        changed = {k: v for k, v in overrides.items()
+        changed = {k: protocol_base[k] for k, v in overrides.items()
                    if "." not in k and k in PROTOCOL_DEFAULTS and v != PROTOCOL_DEFAULTS[k]}
         for key, value in overrides.items():
             scope, _, sub = key.partition(".")
@@ -313,7 +348,7 @@ def build_trials(*, datasets: Sequence[tuple[str, Any]], backbones: Sequence[str
                 continue
             if sub in hparams:
                 default = strategy.defaults[sub]
-                hparams[sub] = value = _keep_type(value, default)
+                hparams[sub] = value = _keep_type(value, default, sub)
             elif sub in PROTOCOL_DEFAULTS:
                 default = {**PROTOCOL_DEFAULTS, **dict(strategy.protocol)}[sub]
                 protocol[sub] = value = _keep_type(value, default)

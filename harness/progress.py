@@ -15,6 +15,8 @@ from typing import IO, Any, Callable, ContextManager
 
 import click
 
+from tlbench.errors import printable
+
 
 def _elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
@@ -35,7 +37,7 @@ class EpochLines:
     """One line per epoch on ``stream``, flushed at once (so a log shows it while the trial runs)."""
 
     def __init__(self, label: str, stream: IO[str]):
-        self.label = label
+        self.label = printable(label)  # user text: shown literally
         self.stream = stream
         self.started = time.perf_counter()
 
@@ -62,7 +64,7 @@ def progress_factory(quiet: bool, stream: IO[str] | None = None
         if quiet:
             return contextlib.nullcontext(None)
         if out.isatty():
-            return click.progressbar(length=total, label=label, file=out, show_pos=True, show_eta=True,
+            return click.progressbar(length=total, label=printable(label), file=out, show_pos=True, show_eta=True,
                                      item_show_func=None)
         return EpochLines(label, out)
     return progress
@@ -84,7 +86,7 @@ def make_progress(mode: str = "auto", stream: IO[str] | None = None
     def progress(label: str, total: int) -> ContextManager[Any]:
         out = stream if stream is not None else sys.stderr
         if mode == "bar":
-            return click.progressbar(length=total, label=label, file=out, show_pos=True, show_eta=True,
+            return click.progressbar(length=total, label=printable(label), file=out, show_pos=True, show_eta=True,
                                      item_show_func=None)
         return EpochLines(label, out)
     return progress

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from tlbench.files import MAX_JSON_DEPTH, Refused, check_json_value, parse_json
+
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 STATUSES = ("ok", "failed", "diverged")
@@ -51,16 +53,25 @@ def _need(mapping: Mapping[str, Any], name: str, kind: type | tuple[type, ...], 
     return value
 
 
-def _check_finite(value: Any, where: str) -> None:
-    """Records are strict JSON: no NaN or infinity anywhere (Python's json would write bare NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RecordError(f"{where} is {value!r}; records hold finite numbers only")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(item, f"{where}.{key}")
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_finite(item, f"{where}[{index}]")
+def _check_values(raw: Any) -> None:
+    """Records are strict JSON every reader can use (the limits of :mod:`tlbench.files`): no NaN or infinity
+    anywhere (Python's json would write bare NaN), numbers in range, valid Unicode, bounded nesting. Iterative, so
+    no value, however deep, can exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(raw, "record", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecordError(f"{where} is {value!r}; records hold finite numbers only")
+        if isinstance(value, (dict, list, tuple)) and depth > MAX_JSON_DEPTH:
+            raise RecordError(f"{where} is nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((item, f"{where}.{key}", depth + 1) for key, item in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value))
+    try:
+        check_json_value(raw)
+    except Refused as exc:
+        raise RecordError(f"it holds {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,7 @@ class Record:
         """Validate and convert. Raises :class:`RecordError` naming the first problem."""
         if not isinstance(raw, dict):
             raise RecordError(f"a record must be a JSON object, got {type(raw).__name__}")
+        _check_values(raw)
         schema = raw.get("schema")
         if schema not in READABLE_SCHEMAS:
             raise RecordError(f"schema {schema!r} is not one this tlbench reads ({', '.join(map(str, READABLE_SCHEMAS))})")
@@ -226,7 +238,6 @@ class Record:
         trial = TrialInfo.from_json_dict(raw.get("trial"))
         if trial.key != key:
             raise RecordError(f"record.key {key!r} differs from trial.key {trial.key!r}")
-        _check_finite(raw, "record")
         sections = {}
         for name in _SECTIONS:
             value = raw.get(name)
@@ -258,11 +269,13 @@ class Record:
         return json.dumps(self.to_json_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Record":
+    def from_json(cls, text: str | bytes) -> "Record":
+        """A record from its JSON text, within the limits of :func:`tlbench.files.parse_json` (depth, number
+        sizes, valid Unicode; non-standard constants such as NaN refused): a RecordError otherwise."""
         try:
-            raw = json.loads(text, parse_constant=_refuse_constant)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"not valid JSON ({exc})") from None
+            raw = parse_json(text)
+        except Refused as exc:
+            raise RecordError(str(exc)) from None
         return cls.from_json_dict(raw)
 
     @functools.cached_property
@@ -318,6 +331,3 @@ def best_on_validation(records: Any) -> dict[tuple[str, str, str], Record]:
         best[task] = min(members, key=lambda r: (-r.metrics.val_top1, r.trial.seed, r.key))
     return best
 
-
-def _refuse_constant(name: str) -> Any:
-    raise RecordError(f"the non-standard JSON constant {name} is not allowed in a record")

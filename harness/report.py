@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from tlbench.errors import printable
 from tlbench.leaderboard import (build_table, check_reference, group_id, group_records, is_reference,
                                  paired_comparisons, variance_note)
 from tlbench.publishing import ReportContext, ReportSection
@@ -69,17 +70,23 @@ def _configure_matplotlib() -> None:
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "tlbench"  # the same records give the same file
     matplotlib.rcParams["svg.fonttype"] = "path"  # text as outlines: the file needs no font
+    matplotlib.rcParams["text.parse_math"] = False  # labels are user text: "$x$" is drawn as written, not as maths
 
 
 def configuration_name(backbone: str | None, label: str, several_backbones: bool) -> str:
-    """How the report names a configuration: the strategy label, with the backbone where a dataset has several."""
-    return f"{label} / {backbone}" if several_backbones else label
+    """How the report names a configuration: the strategy label, with the backbone where a dataset has several;
+    control characters shown as their escapes (:func:`tlbench.errors.printable`), so a plot or a table draws the
+    user's text literally."""
+    return printable(f"{label} / {backbone}" if several_backbones else label)
 
 
 def _check_out(out: Path) -> Path:
     out = Path(out)
     if out.exists() and out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a directory; give a file name such as {str(out / 'report.html')!r}")
+    if (out.exists() or out.is_symlink()) and not out.is_file():
+        raise UsageError(f"--out {str(out)!r} exists and is not a regular file (a FIFO, a device, a dangling "
+                         f"symlink); give the name of a file to write")
     if not out.parent.is_dir():
         raise UsageError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist; create it or choose "
                          f"another --out")

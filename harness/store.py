@@ -20,12 +20,12 @@ import json
 import logging
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from safetensors.torch import save
 
+from tlbench.files import MAX_JSON_BYTES, Refused, atomic_write_bytes, read_json, read_regular, remove_stale_temporaries
 from tlbench.records import KEY_PATTERN, SCHEMA_VERSION, Record, RecordError, best_on_validation
 from tlbench.sweeps import Sweep, SweepError
 from tlbench.types import UsageError
@@ -35,43 +35,19 @@ WEIGHTS_SUFFIX = ".safetensors"
 RESULTS_ENV = "TLBENCH_RESULTS_DIR"
 DEFAULT_RESULTS_DIR = "tlbench-results"
 SWEEP_DIR = "tuning"  # <results>/tuning/<sweep key>.json: what `tlbench run --tune` chose
+MAX_RECORD_BYTES = MAX_JSON_BYTES  # a larger <key>.json is refused unread (real records: a few KiB)
+MAX_SWEEP_BYTES = MAX_JSON_BYTES
 
 
 def default_results_dir() -> Path:
     return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS_DIR)
 
 
-def atomic_write_text(path: Path, text: str, readable_by_all: bool = False) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part.
-    ``readable_by_all``: the permissions a plain ``open()`` would give (mkstemp's are 0600), e.g. for a report."""
-    atomic_write_bytes(path, text.encode("utf-8"), readable_by_all)
-
-
-def atomic_write_bytes(path: Path, data: bytes, readable_by_all: bool = False) -> None:
-    """:func:`atomic_write_text` for bytes (a weights file): temp file, fsync, rename, fsync of the directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if readable_by_all:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+def atomic_write_text(path: Path, text: str, readable_by_all: bool = True) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part, with the
+    permissions the user's umask gives (:func:`tlbench.files.atomic_write_bytes`). ``readable_by_all`` is kept for
+    callers written for 0.2: every file is written so now."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_weights(path: Path, state_dict: Any, metadata: dict[str, str] | None = None) -> dict[str, Any]:
@@ -141,17 +117,37 @@ class ResultStore:
         found = []
         for path in sorted(self.sweep_dir.glob("*.json")):
             try:
-                sweep = Sweep.from_json_dict(json.loads(path.read_text(encoding="utf-8"),
-                                                        parse_constant=_no_sweep_constant))
+                sweep = Sweep.from_json_dict(read_json(path, MAX_SWEEP_BYTES))
                 if path.stem != sweep.key:
                     raise SweepError(f"the file holds sweep {sweep.key}; rename it to {sweep.key}.json")
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
+            except Refused as exc:
+                self.warn(f"skipping {path}: not a valid sweep file ({exc})")
+                continue
+            except OSError as exc:
+                self.warn(f"skipping {path}: not readable ({exc.strerror or exc})")
+                continue
+            except (ValueError, TypeError, RecursionError) as exc:
                 self.warn(f"skipping {path}: not a valid sweep file ({exc})")
                 continue
             found.append(sweep)
         return found
 
+    def check_sweep_paths(self, keys: Iterable[str]) -> None:
+        """Where ``--tune`` will write its sweep files there must be a folder (or nothing) and, for each sweep,
+        nothing but a sweep file: refused before any trial runs, or the choice would be lost after the trials."""
+        folder = self.sweep_dir
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise UsageError(f"{str(folder)!r} is not a directory, but --tune writes its sweep files there; move it "
+                             f"away and run again")
+        for key in keys:
+            path = folder / f"{key}.json"
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                kind = "a directory" if path.is_dir() else "not a regular file"
+                raise UsageError(f"{str(path)!r} is {kind}, but sweep {key} must be written there; move it away "
+                                 f"and run again")
+
     def write_sweep(self, sweep: Sweep) -> Path:
+        """Write a sweep file atomically; ``OSError`` (nothing half-written) when it cannot be written."""
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         path = self.sweep_dir / f"{sweep.key}.json"
         atomic_write_text(path, json.dumps(sweep.to_json_dict(), indent=1, allow_nan=False) + "\n")
@@ -226,28 +222,33 @@ class ResultStore:
         return record
 
     def _load(self, path: Path) -> Record | None:
+        """The record in ``path``, or None with one warning: the file must be a regular file of at most
+        :data:`MAX_RECORD_BYTES` (a FIFO, a device or a huge file is refused unread) holding a valid record."""
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.warn(f"skipping {path}: not readable ({type(exc).__name__}: {exc})")
+            data = read_regular(path, MAX_RECORD_BYTES)
+        except Refused as exc:
+            self.warn(f"skipping {path}: {exc}; not read as a record")
+            return None
+        except OSError as exc:
+            self.warn(f"skipping {path}: not readable ({type(exc).__name__}: {exc.strerror or exc})")
             return None
         try:
-            return Record.from_json(text)
+            return Record.from_json(data)
         except RecordError as exc:
             self.warn(f"skipping {path}: not a valid tlbench record ({exc})")
             return None
 
     def records(self) -> Iterator[Record]:
         """Every valid record, once per trial key. A record in a file not named after its key (a copy, a renamed
-        file) is flagged; it is used only when no file of the right name holds that trial."""
+        file) is flagged; it is used only when no file of the right name holds that trial. Anything else named
+        ``*.json`` (a directory, a FIFO, a device, a file that is not a record) is skipped with one warning."""
         if not self.root.is_dir():
             return
         misplaced: dict[str, tuple[Path, Record]] = {}
         seen: set[str] = set()
         for path in sorted(self.root.glob("*.json")):
-            if not path.is_file():
-                if path.is_dir():
-                    self.warn(f"skipping {path}: a directory, not a record")
+            if path.is_dir():
+                self.warn(f"skipping {path}: a directory, not a record")
                 continue
             record = self._load(path)
             if record is None:
@@ -285,6 +286,8 @@ class ResultStore:
             if KEY_PATTERN.match(lock.stem) and lock.stem not in self._claims and self.claim(lock.stem):
                 self.release(lock.stem)  # release unlinks the file
                 removed.append(lock)
+        if self.sweep_dir.is_dir():  # sweep files have no claim: a temporary file no writer holds any more
+            removed += remove_stale_temporaries(self.sweep_dir.glob(".*.json.*.tmp"))
         return removed
 
     # ------------------------------------------------------------------------------------------------ claims
@@ -297,7 +300,7 @@ class ResultStore:
         """
         lock_path = self.root / f"{key}.lock"
         while True:
-            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666)  # the umask decides, as for every file
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -310,8 +313,13 @@ class ResultStore:
             if same_file:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        except OSError:  # a full disk: no claim, and no lock file left behind
+            lock_path.unlink(missing_ok=True)
+            os.close(fd)
+            raise
         self._claims[key] = fd
         return True
 
@@ -322,6 +330,3 @@ class ResultStore:
         (self.root / f"{key}.lock").unlink(missing_ok=True)  # unlink while holding: late openers re-check inode
         os.close(fd)
 
-
-def _no_sweep_constant(name: str) -> Any:
-    raise SweepError(f"{name} is not a JSON number")

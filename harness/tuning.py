@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from tlbench.digests import digest_of
-from tlbench.grid import GridResult, Reporter, executor_options, resolve_names, run_grid
+from tlbench.grid import GridResult, Reporter, check_grid_size, executor_options, resolve_names, run_grid
 from tlbench.plan import Trial, build_trials, check_seeds
 from tlbench.registry import Plugins
 from tlbench.search_space import check_search_space, configurations, sample_configurations, search_space
@@ -41,6 +41,7 @@ class TuneResult:
     not_selected: list[str] = field(default_factory=list)
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     left_out: list[str] = field(default_factory=list)  # strategies --all could not run here, each with the fix
+    aborted: str | None = None  # why the tuning stopped after its trials (a sweep file could not be written)
 
     @property
     def grids(self) -> list[GridResult]:
@@ -57,7 +58,7 @@ class TuneResult:
         for grid in self.grids:
             if grid.interrupted:
                 return grid.exit_code
-        if self.not_selected or self.selection.aborted or self.selection.missing:
+        if self.aborted or self.not_selected or self.selection.aborted or self.selection.missing:
             return 1
         return 1 if self.reporting is not None and self.reporting.exit_code else 0
 
@@ -103,6 +104,13 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
     plugins = plugins if plugins is not None else Plugins()
     names = resolve_names(plugins, spec)
     executor_options(plugins.executors.get(spec.executor, plugins.failure_hint()), spec.executor_options)
+    check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies)
+                    * (tuning.budget * selection_seeds + seeds),
+                    f"{len(names.strategies)} strategy(ies) x {len(names.backbones)} backbone(s) x "
+                    f"{len(names.datasets)} dataset(s) x ({tuning.budget} configuration(s) x {selection_seeds} "
+                    f"selection seed(s) + {seeds} reporting seed(s))", "lower --seeds, --selection-seeds or "
+                    "--tune-budget")
+    store = ResultStore(spec.results_dir or default_results_dir(), warn=warn)
     chosen_strategies, backbone_names, chosen_datasets = names.strategies, names.backbones, names.datasets
     result = TuneResult(selection=None, left_out=names.left_out_lines())
     for line in result.left_out:
@@ -140,6 +148,10 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
                               "space": space, "source": source, "sampling": sampling, "candidates": candidates,
                               "budget": result.budgets[name]})
 
+    for plan in plans:  # the sweep files' key is known now: where they go must take a file, before any trial runs
+        plan["sweep_key"] = _sweep_key(plan, selection_range, reporting_range)
+    store.check_writable()
+    store.check_sweep_paths(plan["sweep_key"] for plan in plans)
     order = {(d[0], b): i for i, (d, b) in enumerate(itertools.product(chosen_datasets, backbone_names))}
     selection_trials = sorted((t for plan in plans for _, trials in plan["candidates"] for t in trials),
                               key=lambda t: order[(t.dataset, t.backbone)])
@@ -160,7 +172,6 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
     if result.selection.interrupted or result.selection.aborted:
         return result
 
-    store = ResultStore(stage.results_dir, warn=warn)
     records = {r.key: r for r in store.records()}
     reporting_trials = []
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -187,8 +198,7 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
         reporting = make(plan["dataset"], plan["backbone"], plan["strategy"], candidates[chosen].config,
                          reporting_range)
         reporting_trials += reporting
-        sweep_key = digest_of("tlbench sweep", [c.group for c in candidates], selection_range, reporting_range,
-                              plan["budget"], plan["sampling"])[:20]
+        sweep_key = plan["sweep_key"]
         sweep = Sweep(sweep_key, plan["dataset"][0], plan["backbone"], name, plan["space"], plan["source"],
                       plan["budget"], plan["sampling"], candidates, chosen, selection_range, reporting_range,
                       [t.key for t in reporting], reporting[0].group, reporting[0].label, created=created)
@@ -196,7 +206,13 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
         if previous is not None:
             sweep.created = previous.created  # resumed: the same choice, the same file
         if previous is None or previous.to_json_dict() != sweep.to_json_dict():
-            store.write_sweep(sweep)
+            try:
+                store.write_sweep(sweep)
+            except OSError as exc:  # a full disk, an I/O error: the trials' records are kept, the choice is not
+                result.aborted = (f"could not write the sweep file {store.sweep_dir / (sweep_key + '.json')}: "
+                                  f"{exc.strerror or exc}; nothing was half-written and the trials' records are "
+                                  f"kept: free space and run the same command again to resume")
+                return result
         result.sweeps.append(sweep)
         reporter.message(f"tune {where}: chose {sweep.tuning_text.split(': ', 1)[1]} (val top-1 "
                          f"{_pct(candidates[chosen].val_top1)}; candidates "
@@ -206,6 +222,14 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
         reporting_trials.sort(key=lambda t: order[(t.dataset, t.backbone)])
         result.reporting = run_grid(stage, trials=reporting_trials, **common)
     return result
+
+
+def _sweep_key(plan: Mapping[str, Any], selection_range: Sequence[int], reporting_range: Sequence[int]) -> str:
+    """The key of the sweep of one dataset x backbone x strategy: its candidates' groups, seeds, budget and
+    sampling (the name of its file, ``<results>/tuning/<key>.json``)."""
+    groups = [trials[0].group for _, trials in plan["candidates"]]
+    return digest_of("tlbench sweep", groups, list(selection_range), list(reporting_range), plan["budget"],
+                     plan["sampling"])[:20]
 
 
 def _pct(value: float | None) -> str:

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import torch
 
 from tlbench import hookimpl
-from tlbench.jobs import finish_from_reply, partition, run_job_reply, set_worker_threads
+from tlbench.files import Refused, parse_json
+from tlbench.jobs import DRIVER_PID_ENV, finish_from_reply, partition, run_job_reply, set_worker_threads, watch_driver
 from tlbench.types import UsageError
 
 READY = "tlbench-worker-ready"
@@ -60,6 +61,11 @@ class ProcessExecutor:
                 raise UsageError(f"executor.{key} must be an integer, got {value!r}")
             if value is not None and value < 1:
                 raise UsageError(f"executor.{key} must be >= 1, got {value}")
+        threads, cores = options.get("threads_per_worker"), os.cpu_count() or 1
+        if threads is not None and threads > cores:
+            raise UsageError(f"executor.threads_per_worker={threads} is more than the {cores} logical core(s) of "
+                             f"this machine; use at most {cores} (or leave it out: the cores are divided among the "
+                             f"workers)")
 
     def execute(self, jobs: Sequence[Any], session: Any) -> None:
         gpus = _visible_gpus(jobs[0].device if jobs else None)
@@ -133,6 +139,7 @@ def _start_child(gpu: str | None, threads: int | None) -> tuple[subprocess.Popen
     if threads:
         env["TLBENCH_WORKER_THREADS"] = str(threads)
         env.setdefault("OMP_NUM_THREADS", str(threads))
+    env[DRIVER_PID_ENV] = str(os.getpid())  # the child ends itself when this driver is gone (even after kill -9)
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "tlbench.plugins.process_executor"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
@@ -191,15 +198,20 @@ class _Slot:
                 line, problem = "", str(exc)
             else:
                 problem = ""
-            if not line:  # the child died mid-trial: that trial failed, a fresh child takes the rest
+            reply = _parse_reply(line) if line else None
+            if reply is None:  # the child died mid-trial or mid-reply: that trial failed, a fresh child takes the rest
                 if session.stopping:
                     session.release(job)
                     return
                 child, self.child = self.child, None
+                if child is not None and line:  # a reply cut short or garbled: this child cannot be trusted
+                    _stop(child)
                 reason = problem or f"its worker process {describe_exit(child.wait() if child else None)}"
+                if line:
+                    reason += (f" while writing its reply ({len(line)} characters, "
+                               f"{'not a whole JSON object' if line.endswith(chr(10)) else 'cut short'})")
                 session.fail(job, f"trial lost: {reason}", time.perf_counter() - started)
                 continue
-            reply = json.loads(line)
             if "record" in reply:
                 section = reply["record"].setdefault("executor", {})
                 section["worker_startup_s"] = round(self.startup_s, 3)
@@ -208,8 +220,22 @@ class _Slot:
             finish_from_reply(session, job, reply)
 
 
+def _parse_reply(line: str) -> Any:
+    """A child's reply line as data, or None when it is not a whole JSON object (the child died while writing it,
+    or wrote something else): within the limits every reader keeps (:func:`tlbench.files.parse_json`)."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        reply = parse_json(line)
+    except Refused:
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
 def child_main() -> None:
-    """A worker process: JSON jobs on stdin, one JSON reply per job on the original stdout."""
+    """A worker process: JSON jobs on stdin, one JSON reply per job on the original stdout. It ends itself when
+    the driver that started it is gone (:func:`tlbench.jobs.watch_driver`)."""
+    watch_driver()
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the trial prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr

@@ -10,11 +10,13 @@ as failed. Ctrl-C cancels the running trials and keeps every finished record.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any, Sequence
 
 from tlbench import Extra, hookimpl
 from tlbench.errors import first_line
+from tlbench.interrupts import keep_sigterm
 from tlbench.jobs import finish_from_reply, partition, run_job_reply, set_worker_threads
 from tlbench.types import UsageError
 
@@ -37,7 +39,11 @@ class RayExecutor:
     description = ("trials on a Ray cluster (joins RAY_ADDRESS / executor.address or starts a local one), one "
                    "actor per slot keeping data warm (extra tlbench[ray])")
     requires = {"ray": Extra("ray", "the ray executor runs trials on a Ray cluster")}
-    options: dict[str, Any] = {"address": None, "workers": None, "num_cpus": 1, "num_gpus": None, "retries": 1}
+    options: dict[str, Any] = {"address": None, "workers": None, "num_cpus": 1, "num_gpus": None, "retries": 1,
+                               "connect_timeout_s": 10.0}
+
+    def __init__(self) -> None:
+        self._started_here = False  # check_ready started (or joined) Ray for the execute that follows
 
     @staticmethod
     def check_options(options: dict[str, Any]) -> None:
@@ -52,23 +58,79 @@ class RayExecutor:
                     value > low if key == "num_cpus" else value >= low) or value != value or value == float("inf"):
                 raise UsageError(f"executor.{key} must be a finite number {'>' if key == 'num_cpus' else '>='} "
                                  f"{low}, got {value!r}")
-        if options.get("address") is not None and not isinstance(options["address"], str):
-            raise UsageError(f"executor.address must be a Ray address such as auto or ray://host:10001, got "
-                             f"{options['address']!r}")
+        address = options.get("address")
+        if address is not None and (not isinstance(address, str) or (address not in ("auto", "local")
+                                                                     and _host_port(address) is None)):
+            raise UsageError(f"executor.address must be a Ray address such as auto, HOST:6379 or ray://HOST:10001, "
+                             f"got {address!r}")
         if not isinstance(options.get("retries"), int) or options["retries"] < 0:
             raise UsageError(f"executor.retries must be an integer >= 0, got {options.get('retries')}")
+        timeout = options.get("connect_timeout_s")
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 600:
+            raise UsageError(f"executor.connect_timeout_s must be a number of seconds in (0, 600], got {timeout!r}")
+
+    def check_ready(self, options: dict[str, Any], device: str | None) -> None:
+        """Before the grid starts: the cluster answers (a TCP connection to the address, within
+        ``connect_timeout_s``), Ray joins or starts it, and one of its nodes has the CPUs and GPUs an actor asks
+        for; else one line (a UsageError) and nothing is written. Ray stays up for :meth:`execute`."""
+        import ray  # deferred: optional (the ray extra)
+
+        address = options.get("address") or os.environ.get("RAY_ADDRESS") or None
+        timeout = float(options["connect_timeout_s"])
+        where = "executor.address" if options.get("address") else "$RAY_ADDRESS"
+        if address is not None and address not in ("auto", "local"):
+            target = _host_port(address)
+            if target is None:
+                raise UsageError(f"{where} {address!r} is not a Ray address such as HOST:6379 or ray://HOST:10001")
+            try:
+                socket.create_connection(target, timeout=timeout).close()
+            except OSError as exc:
+                reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+                raise UsageError(f"{where} {address}: no Ray cluster answers at {target[0]}:{target[1]} ({reason}, "
+                                 f"waited up to {timeout:g} s); start one with `ray start --head`, fix the address, "
+                                 f"or leave it out to start a local cluster") from None
+        if not ray.is_initialized():
+            try:
+                with keep_sigterm():  # ray.init's own SIGTERM handler would end the driver without a summary
+                    ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            except Exception as exc:
+                raise UsageError(f"Ray could not {'join ' + address if address else 'start a local cluster'}: "
+                                 f"{first_line(exc)}") from None
+            self._started_here = True
+        try:
+            nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+            most_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+            most_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+            num_cpus, num_gpus = options["num_cpus"], options.get("num_gpus") or 0
+            if num_cpus > most_cpus:
+                raise UsageError(f"executor.num_cpus={num_cpus:g}: no node of the Ray cluster has that many CPUs (the "
+                                 f"largest has {most_cpus:g}); an actor could never start: lower executor.num_cpus")
+            if num_gpus > most_gpus:
+                has = f"the largest node has {most_gpus:g}" if most_gpus else "the cluster has no GPU"
+                raise UsageError(f"executor.num_gpus={num_gpus:g}: no node of the Ray cluster has that many GPUs "
+                                 f"({has}); an actor could never start: lower executor.num_gpus or leave it out")
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def shutdown(self) -> None:
+        """Stop the Ray that :meth:`check_ready` or :meth:`execute` started (a joined cluster keeps running)."""
+        import ray  # deferred: optional (the ray extra)
+
+        if self._started_here:
+            self._started_here = False
+            ray.shutdown()
 
     def execute(self, jobs: Sequence[Any], session: Any) -> None:
         import ray  # deferred: optional (the ray extra)
 
         options = session.options
-        started_here = False
         init_started = time.perf_counter()
-        if not ray.is_initialized():
+        if not ray.is_initialized():  # a library caller that skipped check_ready
             address = options.get("address") or os.environ.get("RAY_ADDRESS") or None
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
-            started_here = True
+            with keep_sigterm():  # ray.init's own SIGTERM handler would end the driver without a summary
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            self._started_here = True
         ray_init_s = time.perf_counter() - init_started
         resources = ray.cluster_resources()
         num_gpus = options.get("num_gpus")
@@ -150,8 +212,18 @@ class RayExecutor:
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
-            if started_here:
-                ray.shutdown()
+            self.shutdown()
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT``, ``ray://HOST:PORT`` or ``http://HOST:PORT`` (IPv6 in brackets), or None."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    rest = rest.split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 @hookimpl

@@ -297,6 +297,27 @@ def test_ctrl_c_under_ray_cancels_and_keeps_every_finished_record(tmp_path, tiny
     assert _actor_running_a_trial() is None, "the cancelled trials' actors are gone"
 
 
+def test_sigterm_to_a_ray_driver_ends_with_the_summary_not_rays_crash_output(tmp_path, tiny_backbone, ray_cluster):
+    """ray.init installs a SIGTERM handler that calls sys.exit (Ray's own crash output, no summary): the ray
+    executor puts tlbench's back, so SIGTERM stops the grid like Ctrl-C, with exit 143 and the resume command."""
+    results = tmp_path / "results"
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_ADDRESS": address, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "tlbench.cli", "run", "-q", "-s", "frozen", "-s", "full", "-b", tiny_backbone,
+            "-d", "synthetic", "--seeds", "2", "--executor", "ray", "--workers", "2", "--results-dir",
+            str(results), "--set", "epochs=40", "--set", "data.train_size=64", "--set", "frozen.epochs=1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list(results.glob("*.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "resume with: tlbench run" in stderr and "Traceback" not in stderr
+    assert not list(results.glob("*.lock"))
+
+
 def test_a_grid_whose_worker_refuses_stops_with_one_line_and_records_nothing(tmp_path, tiny_backbone,
                                                                             monkeypatch):
     from click.testing import CliRunner
