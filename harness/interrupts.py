@@ -54,3 +54,38 @@ class keep_sigterm:
     def __exit__(self, *exc: Any) -> None:
         if self._handler is not None and signal.getsignal(signal.SIGTERM) is not self._handler:
             signal.signal(signal.SIGTERM, self._handler)
+
+
+class deferred_sigterm:
+    """For a loop that waits inside a C extension (``ray.wait``): an exception raised from a signal handler there
+    comes out as a ``SystemError`` from the extension, not as :class:`GridInterrupted`. Between :meth:`start` and
+    :meth:`stop` (or inside a ``with`` block) SIGTERM is only noted; the loop calls :meth:`check` after each wait,
+    which raises :class:`GridInterrupted` then, in plain Python. :meth:`stop` restores the previous handler.
+    Outside the main thread, nothing is installed."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def start(self) -> "deferred_sigterm":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def stop(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def check(self) -> None:
+        if self.received:
+            raise GridInterrupted("SIGTERM", 143)
+
+    def __enter__(self) -> "deferred_sigterm":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -9,6 +9,7 @@ as failed. Ctrl-C cancels the running trials and keeps every finished record.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 
 from tlbench import Extra, hookimpl
 from tlbench.errors import first_line
-from tlbench.interrupts import keep_sigterm
+from tlbench.interrupts import deferred_sigterm, keep_sigterm
 from tlbench.jobs import finish_from_reply, partition, run_job_reply, set_worker_threads
 from tlbench.types import UsageError
 
@@ -73,6 +74,11 @@ class RayExecutor:
         """Before the grid starts: the cluster answers (a TCP connection to the address, within
         ``connect_timeout_s``), Ray joins or starts it, and one of its nodes has the CPUs and GPUs an actor asks
         for; else one line (a UsageError) and nothing is written. Ray stays up for :meth:`execute`."""
+        with deferred_sigterm() as sigterm:  # as in execute: never raise from the handler inside Ray's calls
+            self._check_ready(options)
+            sigterm.check()
+
+    def _check_ready(self, options: dict[str, Any]) -> None:
         import ray  # deferred: optional (the ray extra)
 
         address = options.get("address") or os.environ.get("RAY_ADDRESS") or None
@@ -89,11 +95,13 @@ class RayExecutor:
                 raise UsageError(f"{where} {address}: no Ray cluster answers at {target[0]}:{target[1]} ({reason}, "
                                  f"waited up to {timeout:g} s); start one with `ray start --head`, fix the address, "
                                  f"or leave it out to start a local cluster") from None
+        held = _HeldLogs("ray._private")  # Ray's notices about a cluster that is refused (and stopped) are not shown
         if not ray.is_initialized():
             try:
                 with keep_sigterm():  # ray.init's own SIGTERM handler would end the driver without a summary
                     ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
             except Exception as exc:
+                held.discard()
                 raise UsageError(f"Ray could not {'join ' + address if address else 'start a local cluster'}: "
                                  f"{first_line(exc)}") from None
             self._started_here = True
@@ -110,8 +118,10 @@ class RayExecutor:
                 raise UsageError(f"executor.num_gpus={num_gpus:g}: no node of the Ray cluster has that many GPUs "
                                  f"({has}); an actor could never start: lower executor.num_gpus or leave it out")
         except BaseException:
+            held.discard()
             self.shutdown()
             raise
+        held.hand_on()
 
     def shutdown(self) -> None:
         """Stop the Ray that :meth:`check_ready` or :meth:`execute` started (a joined cluster keeps running)."""
@@ -122,6 +132,13 @@ class RayExecutor:
             ray.shutdown()
 
     def execute(self, jobs: Sequence[Any], session: Any) -> None:
+        # SIGTERM raised from the handler inside one of Ray's calls (ray.wait checks for signals) comes out as
+        # Ray's own SystemError traceback: it is noted, and raised between calls as GridInterrupted
+        with deferred_sigterm() as sigterm:
+            self._execute(jobs, session, sigterm)
+            sigterm.check()
+
+    def _execute(self, jobs: Sequence[Any], session: Any, sigterm: deferred_sigterm) -> None:
         import ray  # deferred: optional (the ray extra)
 
         options = session.options
@@ -164,11 +181,13 @@ class RayExecutor:
             return False
 
         try:
+            sigterm.check()
             for slot in range(slots):
                 while queue and not dispatch(slot, queue.pop(0)):
                     pass
             while running:
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                sigterm.check()
                 for ref in done:
                     slot, job, rest, attempt, t0 = running.pop(ref)
                     try:
@@ -199,6 +218,7 @@ class RayExecutor:
                     if not dispatch(slot, rest):
                         while queue and not dispatch(slot, queue.pop(0)):
                             pass
+            sigterm.check()  # noted after the last wait
         except BaseException:
             session.stopping = True
             for ref in list(running):  # a running actor task stops when its actor is killed (below)
@@ -213,6 +233,39 @@ class RayExecutor:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
             self.shutdown()
+
+
+class _HeldLogs(logging.Handler):
+    """Holds what a logger (and its children) logs, its own handlers set aside, until :meth:`hand_on` gives it to
+    them as it would have gone, or :meth:`discard` drops it: a refusal is one line, not Ray's notices about the
+    cluster it then stops."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+        self.saved = (list(self.logger.handlers), self.logger.propagate)
+        for handler in self.saved[0]:
+            self.logger.removeHandler(handler)
+        self.logger.addHandler(self)
+        self.logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def discard(self) -> None:  # (not "release": logging.Handler's lock methods are acquire/release)
+        if self in self.logger.handlers:
+            self.logger.removeHandler(self)
+            for handler in self.saved[0]:
+                self.logger.addHandler(handler)
+            self.logger.propagate = self.saved[1]
+        self.records.clear()
+
+    def hand_on(self) -> None:
+        records, self.records = self.records, []
+        self.discard()
+        for record in records:
+            self.logger.handle(record)
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

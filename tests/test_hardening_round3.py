@@ -766,6 +766,21 @@ def test_a_killed_drivers_workers_stop_with_it(tmp_path, tiny_backbone, executor
     assert not alive, "the workers kept training after their driver was killed"
 
 
+def test_sigterm_is_noted_inside_a_deferred_block_and_raised_between_calls():
+    """ray.wait checks for signals in C: an exception raised from the handler there came out as Ray's own
+    SystemError traceback, so the ray executor only notes SIGTERM while it waits and raises it in Python."""
+    from tlbench.interrupts import GridInterrupted, deferred_sigterm
+
+    ours = signal.getsignal(signal.SIGTERM)
+    with deferred_sigterm() as sigterm:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert sigterm.received
+        with pytest.raises(GridInterrupted) as stopped:
+            sigterm.check()
+    assert stopped.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) is ours
+
+
 def test_keep_sigterm_restores_the_handler_a_library_replaced():
     ours = signal.getsignal(signal.SIGTERM)
     with keep_sigterm():
