@@ -4,13 +4,15 @@ torch's CPU kernels run on an OpenMP thread team (GNU libgomp in the PyPI wheels
 idle libgomp thread spins ``GOMP_SPINCOUNT`` iterations before it sleeps: 300,000 by default, about 10 ms on the
 2-core AMD EPYC this was measured on. On an idle machine that bridges the short gaps between the hundreds of small
 kernels of a training step. When another process wants a core too, the spinning thread burns the time slice the
-thread it waits for needs, and train steps ran 5-20x slower with one competing process. No spinning
-(``OMP_WAIT_POLICY=PASSIVE``) holds up under that load but pays a sleep and a wake-up per kernel: two thirds of the
-idle speed. No single spin count keeps both, so tlbench looks once, when it is imported, at how busy the machine
-is: if other processes keep at least :data:`SHARED_CORES` of its cores busy, idle threads spin
-:data:`SHARED_SPINCOUNT` iterations, else :data:`IDLE_SPINCOUNT` (measured by ``benchmarks/test_speed_v3.py``;
-figures on docs/results.md, the user documentation on docs/scaling-out.md). The spin count never changes a result:
-only the thread count does, and tlbench leaves that alone.
+thread it waits for needs: train steps ran 4x slower next to one busy single-threaded process, 10-20x slower
+next to another torch process (which spins too). No spinning (``OMP_WAIT_POLICY=PASSIVE``) holds up under that load
+but pays a sleep and a wake-up per kernel: two thirds of the idle speed. No single spin count keeps both, so
+tlbench looks once, when it is imported, at how busy the machine is: if other processes keep at least
+:data:`SHARED_CORES` of its cores busy, idle threads spin :data:`SHARED_SPINCOUNT` iterations (about 10 us), else
+:data:`IDLE_SPINCOUNT` (about 160 us: the idle speed of the default, and some protection if the load comes later).
+Measured by ``benchmarks/test_speed_v3.py``; figures on docs/results.md, the user documentation on
+docs/scaling-out.md. The spin count never changes a result: only the thread count does, and tlbench leaves that
+alone.
 
 libgomp reads its environment once, when it is loaded (when ``torch`` is imported), so
 :func:`set_openmp_defaults` runs first thing in ``tlbench/__init__.py``. A user's own ``OMP_WAIT_POLICY`` or
@@ -30,12 +32,12 @@ from typing import Any
 
 # libgomp's spin iterations before an idle thread sleeps (its own default: 300000), when the machine was idle when
 # tlbench started, and when other processes kept at least SHARED_CORES cores busy.
-IDLE_SPINCOUNT = "3000"
+IDLE_SPINCOUNT = "5000"
 SHARED_SPINCOUNT = "300"
 SHARED_CORES = 0.5
 SAMPLE_S = 0.1  # how long tlbench watches the machine when it is imported
 LIBGOMP_DEFAULT_SPINCOUNT = "300000"
-WHY = ("libgomp's default spin (300000 iterations) made train steps 5-20x slower whenever another process competed "
+WHY = ("libgomp's default spin (300000 iterations) made train steps 4-20x slower whenever another process competed "
        "for a core; no spin (OMP_WAIT_POLICY=PASSIVE) cost a third of the idle speed; so tlbench spins "
        f"{IDLE_SPINCOUNT} iterations when the machine is idle as it starts, {SHARED_SPINCOUNT} when other processes "
        f"keep {SHARED_CORES:g} core or more busy (benchmarks/test_speed_v3.py)")
