@@ -4,8 +4,9 @@ Every side runs in a fresh subprocess (OpenMP reads its wait settings once, when
 idle; with one competing CPU-bound process (``python -c "while True: pass"``) running from before it starts
 ("busy"); and with that process starting the moment torch has loaded in it ("late": tlbench has already made its
 choice on an idle machine). Rounds rotate the order of the sides and of the three ways. Each side's figure is the
-median over rounds of its busy/idle (and late/idle) train img/s ratio.
-Run: ``python -m pytest benchmarks/test_speed_v3.py --benchmark-only -s`` (knobs: the TLBENCH_BENCH_SHARED_* variables below).
+median over rounds of its busy/idle (and late/idle) train img/s ratio. Benchmark 2 measures the wait settings
+themselves, step by step in long-lived processes. Run: ``python -m pytest benchmarks/test_speed_v3.py
+--benchmark-only -s`` (knobs: the TLBENCH_BENCH_SHARED_* and TLBENCH_BENCH_SPIN_* variables below).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from test_speed import jpeg_folder  # noqa: F401  (the JPEG folder fixture, for 
 from tlbench import cpu_threads
 from tlbench.store import ResultStore
 
-SHARED_ROUNDS = int(os.environ.get("TLBENCH_BENCH_SHARED_ROUNDS", "2"))  # rounds of (every side idle and busy)
+SHARED_ROUNDS = int(os.environ.get("TLBENCH_BENCH_SHARED_ROUNDS", "2"))  # rounds of every side idle, busy, late
 # train images per measurement (tlbench times the steps after its first WARMUP_STEPS = 3: at least 4 batches)
 SHARED_IMAGES = max(4 * 32, int(os.environ.get("TLBENCH_BENCH_SHARED_IMAGES", "320")))
 SHARED_SIDES = os.environ.get("TLBENCH_BENCH_SHARED_SIDES", "all")  # comma-separated subset of SIDES, or "all"
@@ -240,3 +241,151 @@ def test_train_rate_with_one_busy_process(benchmark, fmnist, bench_environment, 
     if "tlbench_libgomp_default" in names:
         check_goal(benchmark, "idle speed vs libgomp default", versus["idle"], at_least=GOAL_IDLE_VS_DEFAULT,
                    tolerance=TOLERANCE_IDLE_VS_DEFAULT, unit="x")
+
+
+# ================================================= 2. spin counts, step by step, idle and with one busy process
+SPIN_SETTINGS = os.environ.get("TLBENCH_BENCH_SPIN_SETTINGS",
+                               "default,default,passive,300,1000,3000,5000,10000").split(",")
+SPIN_ROUNDS = int(os.environ.get("TLBENCH_BENCH_SPIN_ROUNDS", "6"))
+SPIN_CHUNK_S = float(os.environ.get("TLBENCH_BENCH_SPIN_CHUNK_S", "2"))  # train steps per setting: ~this long
+# A round counts only if the rest of the machine (not the measured process, not the busy one) stayed under this many
+# cores; 0 keeps every round. Rounds are retried until TLBENCH_BENCH_SPIN_WAIT_S has passed.
+SPIN_QUIET = float(os.environ.get("TLBENCH_BENCH_SPIN_QUIET", "0.25"))
+SPIN_WAIT_S = float(os.environ.get("TLBENCH_BENCH_SPIN_WAIT_S", "900"))
+GOAL_SPIN_IDLE = 0.95  # tlbench's idle spin / libgomp's default, idle (paired per round, median)
+TOLERANCE_SPIN_IDLE = 0.05
+GOAL_SPIN_SHARED = 1.5  # tlbench's shared spin / libgomp's default, with one busy process
+TOLERANCE_SPIN_SHARED = 0.075
+
+# One process per setting, kept alive: reads "seconds" lines, trains efficientnet_lite0 steps (as _BARE) for about
+# that long (at least 2), answers img/s. argv: batch, image size.
+_STEPPER = r"""
+import json, sys, time
+import torch, timm
+from torch import nn
+batch, size = map(int, sys.argv[1:3])
+torch.manual_seed(0)
+model = timm.create_model("tf_efficientnet_lite0", num_classes=10).to(memory_format=torch.channels_last)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (batch,))
+def step():
+    loss = nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+for _ in range(3):
+    step()
+print("ready", flush=True)
+for line in sys.stdin:
+    budget, steps, start = float(line), 0, time.perf_counter()
+    while steps < 2 or time.perf_counter() - start < budget:
+        step()
+        steps += 1
+    print(json.dumps({"train_ips": steps * batch / (time.perf_counter() - start)}), flush=True)
+"""
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spin_env(setting: str) -> dict[str, str]:
+    env = {k: v for k, v in _plain_env().items() if k not in cpu_threads.WAIT_VARIABLES}
+    if setting == "passive":
+        return env | {"OMP_WAIT_POLICY": "PASSIVE"}
+    return env if setting == "default" else env | {"GOMP_SPINCOUNT": setting}
+
+
+def test_spin_counts_idle_and_with_one_busy_process(benchmark, report):
+    """efficientnet_lite0 train steps (64 px, batch 32, channels_last, torch's default threads) in one long-lived
+    process per wait setting (libgomp's default twice: the noise floor, OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT
+    values), ``SPIN_CHUNK_S`` seconds each, idle and with one busy process, order rotated per round. A round counts
+    when the rest of the machine stayed under ``SPIN_QUIET`` cores. Reported per setting: median img/s idle and busy
+    and the median per-round ratio to the default. Goals: tlbench's idle spin keeps the default's idle speed, its
+    shared spin is clearly faster than the default with one busy process."""
+    settings = list(dict.fromkeys(SPIN_SETTINGS))
+    labels = [s if SPIN_SETTINGS.count(s) == 1 or i == SPIN_SETTINGS.index(s) else f"{s}#{i}"
+              for i, s in enumerate(SPIN_SETTINGS)]
+    for needed in ("default", cpu_threads.IDLE_SPINCOUNT, cpu_threads.SHARED_SPINCOUNT):
+        assert needed in settings, f"TLBENCH_BENCH_SPIN_SETTINGS must include {needed}"
+    workers = {}
+    try:
+        for label, setting in zip(labels, SPIN_SETTINGS):
+            workers[label] = subprocess.Popen([sys.executable, "-c", _STEPPER, str(BATCH_SIZE), str(IMAGE_SIZE)],
+                                              env=_spin_env(setting), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                              text=True, bufsize=1)
+        for worker in workers.values():
+            assert worker.stdout.readline().strip() == "ready"
+
+        def chunk(label: str, hog: subprocess.Popen | None) -> dict:
+            worker = workers[label]
+            pids = [worker.pid] + ([hog.pid] if hog else [])
+            wall, busy, own = time.perf_counter(), _busy_seconds(), sum(map(_cpu_seconds, pids))
+            worker.stdin.write(f"{SPIN_CHUNK_S}\n")
+            worker.stdin.flush()
+            figure = json.loads(worker.stdout.readline())
+            wall = time.perf_counter() - wall
+            others = (_busy_seconds() - busy - (sum(map(_cpu_seconds, pids)) - own)) / wall
+            return figure | {"others": others, "load": _load()}
+
+        def measure() -> dict:
+            kept, tried, deadline = [], 0, time.monotonic() + SPIN_WAIT_S
+            while len(kept) < SPIN_ROUNDS and (time.monotonic() < deadline or tried == 0):
+                order = labels[tried % len(labels):] + labels[:tried % len(labels)]
+                figures: dict = {}
+                for busy in ((False, True) if tried % 2 == 0 else (True, False)):
+                    hog = subprocess.Popen([sys.executable, "-c", _BUSY]) if busy else None
+                    try:
+                        if hog:
+                            time.sleep(0.3)
+                        for label in order:
+                            figures.setdefault(label, {})["busy" if busy else "idle"] = chunk(label, hog)
+                    finally:
+                        if hog:
+                            hog.kill()
+                            hog.wait()
+                tried += 1
+                worst = max(f[m]["others"] for f in figures.values() for m in f)
+                if SPIN_QUIET <= 0 or worst < SPIN_QUIET:
+                    kept.append(figures)
+                elif time.monotonic() < deadline:
+                    time.sleep(5)
+            return {"rounds": kept, "tried": tried}
+
+        outcome = benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait(timeout=60)
+    rounds = outcome["rounds"]
+    assert rounds, f"no round with the rest of the machine under {SPIN_QUIET} cores in {SPIN_WAIT_S:g} s"
+    table = {}
+    for label in labels:
+        row = {}
+        for mode in ("idle", "busy"):
+            ips = [r[label][mode]["train_ips"] for r in rounds]
+            row[mode] = statistics.median(ips)
+            row[f"{mode}_vs_default"] = statistics.median(r[label][mode]["train_ips"] / r["default"][mode]["train_ips"]
+                                                          for r in rounds)
+            loads = [float(r[label][mode]["load"]) for r in rounds]
+            row[f"{mode}_load"] = f"{min(loads):.1f}-{max(loads):.1f}"
+        table[label] = row
+        report(benchmark, f"spin_{label}", row,
+               f"[spin] {label:8s} idle {row['idle']:6.1f} img/s ({row['idle_vs_default']:.2f} of the default; load "
+               f"{row['idle_load']}), one busy process {row['busy']:6.1f} img/s ({row['busy_vs_default']:.2f}; load "
+               f"{row['busy_load']})")
+    others = max(f[m]["others"] for r in rounds for f in r.values() for m in f)
+    report(benchmark, "spin_rounds", {"kept": len(rounds), "tried": outcome["tried"], "others_max": others},
+           f"[spin] {len(rounds)} of {outcome['tried']} rounds kept (rest of the machine at most {others:.2f} cores)")
+    check_goal(benchmark, "idle spin keeps idle speed", table[cpu_threads.IDLE_SPINCOUNT]["idle_vs_default"],
+               at_least=GOAL_SPIN_IDLE, tolerance=TOLERANCE_SPIN_IDLE, unit="x")
+    check_goal(benchmark, "shared spin under one busy process", table[cpu_threads.SHARED_SPINCOUNT]["busy_vs_default"],
+               at_least=GOAL_SPIN_SHARED, tolerance=TOLERANCE_SPIN_SHARED, unit="x")
