@@ -84,3 +84,15 @@ def one_error_line(result) -> str:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     return lines[0]
+
+
+def synthetic_grid(results, backbone: str, strategies, settings, plugins=None) -> dict:
+    """Run ``strategies`` on the synthetic data in this process (CPU, no progress), require every trial ok, and
+    return their records by strategy name."""
+    from tlbench import RunSpec, run_grid
+
+    spec = RunSpec(strategies=strategies, backbones=[backbone], datasets=["synthetic"], settings=list(settings),
+                   results_dir=results, device="cpu", progress="off")
+    result = run_grid(spec, plugins=plugins)
+    assert result.exit_code == 0, [r.error for r in result.failed]
+    return {r.trial.strategy: r for r in result.records}

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import synthetic_grid
 from torch import nn
 
-from tlbench import Callback, RunSpec, StepContext, Strategy, TrainPlan, run_grid
+from tlbench import Callback, StepContext, Strategy, TrainPlan
 from tlbench.freeze import apply_phase, parameter_blocks
 from tlbench.plugins.bss import SpectralShrinkage
 from tlbench.plugins.llrd import BlockDecay
@@ -23,11 +24,7 @@ SETTINGS = ["epochs=2", "data.train_size=64", "data.val_size=32", "data.test_siz
 
 
 def grid(results: Path, backbone: str, strategies, settings=(), plugins=None):
-    spec = RunSpec(strategies=strategies, backbones=[backbone], datasets=["synthetic"],
-                   settings=[*SETTINGS, *settings], results_dir=results, device="cpu", progress="off")
-    result = run_grid(spec, plugins=plugins)
-    assert result.exit_code == 0, [r.error for r in result.failed]
-    return {r.trial.strategy: r for r in result.records}
+    return synthetic_grid(results, backbone, strategies, [*SETTINGS, *settings], plugins)
 
 
 def with_strategies(*strategies):

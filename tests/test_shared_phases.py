@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import synthetic_grid
 
-from tlbench import Phase, RunSpec, Strategy, TrainPlan, run_grid
+from tlbench import Phase, Strategy, TrainPlan
 from tlbench.registry import Plugins
 from tlbench.shared_phases import SHARED_PHASES_ENV, SharedPhases, merge_best, state_digest
 from tlbench.trainer import BestEpoch, Evaluation
@@ -21,11 +22,7 @@ COMPARED = ("val_top1", "test_top1", "best_epoch", "best_epoch_val_top1", "epoch
 
 
 def grid(results: Path, backbone: str, strategies, settings=(), plugins=None):
-    spec = RunSpec(strategies=strategies, backbones=[backbone], datasets=["synthetic"],
-                   settings=[*SETTINGS, *settings], results_dir=results, device="cpu", progress="off")
-    result = run_grid(spec, plugins=plugins)
-    assert result.exit_code == 0, [r.error for r in result.failed]
-    return {r.trial.strategy: r for r in result.records}
+    return synthetic_grid(results, backbone, strategies, [*SETTINGS, *settings], plugins)
 
 
 def same_results(a, b):
