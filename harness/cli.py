@@ -6,7 +6,6 @@ import shutil
 import signal
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 from typing import Any

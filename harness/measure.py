@@ -260,7 +260,6 @@ def cpu_model_name() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     import timm  # deferred: heavy (~0.7 s), only for the environment record; `import tlbench` does not load it
 
-
     return {
         "device": device_name(device),
         "device_type": device.type,

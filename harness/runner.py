@@ -16,7 +16,6 @@ from typing import Any, Callable
 import torch
 
 from tlbench.data_cache import load_splits
-from tlbench.devices import pick_device  # noqa: F401  (moved there; kept importable from here)
 from tlbench.digests import digest_of
 from tlbench.errors import first_line
 from tlbench.freeze import check_phases, describe
