@@ -16,7 +16,7 @@ identical to computing it again). The record of a reusing trial says which trial
 Not shared: a phase of a plan with a loss term, model surgery or parts that act on the batch (a batch transform,
 a step loss, callbacks, feature layers: their computation depends on more than this key describes), a phase on the frozen-prefix cache, and a phase whose next phase continues its optimizer (the
 optimizer's moments are not kept). Entries are per worker process (trials of one run on one worker share them)
-and few (least recently used dropped).
+and bounded (MAX_MIB of tensors; the least recently used dropped).
 """
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ from torch import nn
 from tlbench.digests import digest_of
 from tlbench.trainer import BestEpoch, FitResult
 
-MAX_ENTRIES = 4  # each holds two copies of the model's state (after the phase, at its best epoch)
+# What a worker keeps, in MiB of tensors: each entry holds the model's state after the phase and at its best epoch
+# (about 38 MiB for efficientnet_lite0). A count would be the wrong bound: `run --all` puts one entry per trial
+# between full and wise-ft, and four entries let full's be dropped before wise-ft came.
+MAX_MIB = 1024
 SHARED_PHASES_ENV = "TLBENCH_SHARED_PHASES"  # 0: every trial computes every phase (the record says which ran)
 
 
@@ -91,11 +94,13 @@ class SharedPhase:
 
 
 class SharedPhases:
-    """A worker's phases kept for reuse, by key (least recently used dropped beyond ``max_entries``)."""
+    """A worker's phases kept for reuse, by key; the least recently used are dropped while the kept tensors
+    exceed ``max_mib``."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES):
-        self.max_entries = max_entries
+    def __init__(self, max_mib: float = MAX_MIB):
+        self.max_bytes = max_mib * 1024 * 1024
         self._entries: OrderedDict[str, SharedPhase] = OrderedDict()
+        self._sizes: dict[str, int] = {}
 
     def get(self, key: str) -> SharedPhase | None:
         entry = self._entries.get(key)
@@ -106,11 +111,18 @@ class SharedPhases:
     def put(self, key: str, entry: SharedPhase) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._sizes[key] = _tensor_bytes(entry)
+        while len(self._entries) > 1 and sum(self._sizes.values()) > self.max_bytes:
+            dropped, _ = self._entries.popitem(last=False)
+            del self._sizes[dropped]
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _tensor_bytes(entry: SharedPhase) -> int:
+    states = (entry.end_state, entry.best.state)
+    return sum(t.numel() * t.element_size() for state in states for t in state.values())
 
 
 @dataclass

@@ -11,7 +11,7 @@ from conftest import synthetic_grid
 
 from tlbench import Phase, Strategy, TrainPlan
 from tlbench.registry import Plugins
-from tlbench.shared_phases import SHARED_PHASES_ENV, SharedPhases, merge_best, state_digest
+from tlbench.shared_phases import SHARED_PHASES_ENV, SharedPhase, SharedPhases, merge_best, state_digest
 from tlbench.trainer import BestEpoch, Evaluation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -163,10 +163,26 @@ def test_merging_a_phases_best_equals_offering_its_epochs_one_by_one(earlier, ep
     assert torch.equal(merged.state["weight"], one_by_one.state["weight"])
 
 
-def test_the_store_keeps_the_most_recently_used_entries():
-    store = SharedPhases(max_entries=2)
-    store.put("a", "A")
-    store.put("b", "B")
-    assert store.get("a") == "A"
-    store.put("c", "C")  # "b" was used least recently
-    assert store.get("b") is None and store.get("a") == "A" and store.get("c") == "C" and len(store) == 2
+def test_the_store_keeps_the_most_recently_used_entries_within_its_budget():
+    def entry(mib):
+        tensor = torch.zeros(int(mib * 1024 * 1024 / 4))
+        best = BestEpoch()
+        best.state = {"w": tensor}
+        return SharedPhase("origin", "1", {"w": tensor}, best, fit=None)  # 2 x mib MiB of tensors
+
+    store = SharedPhases(max_mib=5)
+    store.put("a", entry(1))
+    store.put("b", entry(1))
+    assert store.get("a") is not None  # now "b" is the least recently used
+    store.put("c", entry(1))  # 6 MiB: over the budget of 5, so "b" goes
+    assert store.get("b") is None and store.get("a") is not None and store.get("c") is not None and len(store) == 2
+    store.put("d", entry(10))  # alone over the budget: kept, every other entry dropped
+    assert len(store) == 1 and store.get("d") is not None
+
+
+def test_a_run_all_sized_gap_between_full_and_wise_ft_keeps_fulls_phase(tmp_path, tiny_backbone):
+    """`run --all` runs a dozen strategies between full and wise-ft (alphabetical): full's phase must survive."""
+    between = ["l2-sp", "llrd", "lp-ft", "partial", "scratch", "bitfit", "discriminative-lr"]
+    records = grid(tmp_path / "r", tiny_backbone, ["full", *between, "wise-ft"],
+                   ["l2-sp.lr=0.01", "llrd.lr=0.01", "partial.lr=0.01", "scratch.lr=0.01", "bitfit.lr=0.01"])
+    assert shared(records["wise-ft"])[0] == {"trial": records["full"].key, "phase": "1"}
