@@ -306,7 +306,8 @@ def _execute(spec: RunSpec, tuning: TuneSpec | None, fmt: str) -> None:
 
 def _report_tuning(tuned: Any, fmt: str, formats: dict[str, Any]) -> None:
     """The end of a tuned run: the leaderboard of its records with the tuned rows apart, each stage's summary, and
-    the strategies that could not be tuned (the budgets were printed when it started)."""
+    what each sweep spent against its maximum, and the strategies that could not be tuned (the maxima were printed
+    when it started)."""
     if tuned.sweeps:
         table = render(tuned.records, fmt, formats=formats, sweeps=tuned.sweeps)
         if table:

@@ -61,6 +61,7 @@ class Sweep:
     edges: list[str] = field(default_factory=list)  # the choice still on an edge after the last extension
     extensions: int = 0  # the most extensions the edge rule allowed
     halving: list[list[int]] = field(default_factory=list)  # [configurations, epochs] per rung; [] without
+    axes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the ordered axes (Axis.to_json_dict)
 
     @property
     def chosen_config(self) -> dict[str, Any]:
@@ -93,7 +94,7 @@ class Sweep:
                 "selection_seeds": self.selection_seeds, "reporting_seeds": self.reporting_seeds,
                 "reporting_keys": self.reporting_keys, "reporting_group": self.reporting_group,
                 "reporting_label": self.reporting_label, "created": self.created, "edges": self.edges,
-                "extensions": self.extensions, "halving": self.halving}
+                "extensions": self.extensions, "halving": self.halving, "axes": self.axes}
 
     @classmethod
     def from_json_dict(cls, raw: Any) -> "Sweep":
@@ -143,7 +144,8 @@ class Sweep:
                    list(reporting_keys), need("reporting_group", str), need("reporting_label", str),
                    need("selection_rule", str), str(raw.get("created", "")),
                    [str(e) for e in raw.get("edges") or []], int(raw.get("extensions") or 0),
-                   [list(r) for r in raw.get("halving") or []])
+                   [list(r) for r in raw.get("halving") or []],
+                   {str(k): dict(v) for k, v in (raw.get("axes") or {}).items() if isinstance(v, dict)})
 
 
 def choose(candidates: Sequence[Candidate]) -> int:

@@ -7,6 +7,12 @@ has exactly K, else K drawn uniformly without replacement with a recorded seed),
 chosen (test scores are never read to choose), then re-run on *fresh reporting* seeds, whose test top-1 is what
 the leaderboard reports. The choice is written as a sweep file, ``<results>/tuning/<sweep key>.json``; trials are
 ordinary records, so a sweep resumes like any grid and runs through any executor.
+
+Two rules, the same for every strategy, sit on top: the *edge rule* (a choice on the edge of an ordered axis
+``tlbench.search_space.Axis``, that is not a hard limit extends the axis one step outward and chooses again, up to
+``TuneSpec.extensions`` times) and, optionally, *successive halving* (``TuneSpec.halving``: every configuration
+for a fraction of the epochs, the better half continued). Both run as further stages of ordinary trials, each
+stage decided by validation scores alone, so a stopped sweep resumes by taking the same steps again.
 """
 from __future__ import annotations
 
@@ -213,7 +219,7 @@ class _Search:
         best = self.pool[choose([self.candidates[i][0] for i in self.pool])]
         config = self.candidates[best][0].config
         tried = [c.config for c, _ in self.candidates]
-        edges = [e for e in edges_of(config, tried, self.axes)]
+        edges = edges_of(config, tried, self.axes)
         if self.extended < self.extensions_allowed:
             keys = list(self.axes)
             after = keys.index(self.last_axis) + 1 if self.last_axis in keys else 0
@@ -391,7 +397,8 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
         sweep = Sweep(search.sweep_key, search.dataset[0], search.backbone, search.name, search.space,
                       search.source, budget, search.sampling, candidates, chosen, selection_range, reporting_range,
                       [t.key for t in reporting], reporting[0].group, reporting[0].label, created=created,
-                      edges=search.edges, extensions=search.extensions_allowed, halving=search.rungs)
+                      edges=search.edges, extensions=search.extensions_allowed, halving=search.rungs,
+                      axes={key: axis.to_json_dict() for key, axis in search.axes.items()})
         previous = written.get(search.sweep_key)
         if previous is not None:
             sweep.created = previous.created  # resumed: the same choice, the same file
