@@ -12,7 +12,7 @@ from tlbench.hookspecs import hookimpl
 from tlbench.jobs import WorkerRefused
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable, ReportContext, ReportSection
 from tlbench.requirements import Extra
-from tlbench.search_space import log_grid
+from tlbench.search_space import Axis, linear_axis, log_axis, log_grid
 from tlbench.spec import RunSpec, TuneSpec
 from tlbench.tuning import TuneResult, tune_grid
 from tlbench.types import (LINEAR_DEFAULT_INIT, Backbone, BackboneFamily, DatasetFamily, Executor, ImageSplits,
@@ -20,8 +20,8 @@ from tlbench.types import (LINEAR_DEFAULT_INIT, Backbone, BackboneFamily, Datase
                            Callback, StepContext)
 from tlbench.version import PROTOCOL_VERSION, __version__
 
-__all__ = ["run_grid", "GridResult", "RunSpec", "TuneSpec", "tune_grid", "TuneResult", "log_grid", "hookimpl",
-           "Extra", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits",
+__all__ = ["run_grid", "GridResult", "RunSpec", "TuneSpec", "tune_grid", "TuneResult", "log_grid", "log_axis",
+           "linear_axis", "Axis", "hookimpl", "Extra", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits",
            "ParamRef", "Phase", "Preprocessing", "Strategy", "TrainingContext", "TrainPlan", "UsageError",
            "__version__", "PROTOCOL_VERSION", "LeaderboardFormat", "LeaderboardTable", "ReportContext",
            "ReportSection", "WorkerRefused", "Callback", "StepContext"]

@@ -26,10 +26,10 @@ from tlbench.registry import Plugins
 from tlbench.report import write_report
 from tlbench.rerun import other_processor, rerun_spec
 from tlbench.search_space import search_space
-from tlbench.spec import DEFAULT_BUDGET, RunSpec, TuneSpec
+from tlbench.spec import DEFAULT_BUDGET, DEFAULT_EXTENSIONS, RunSpec, TuneSpec
 from tlbench.splits import DataWarning
 from tlbench.store import ResultStore, default_results_dir
-from tlbench.tuning import tune_grid
+from tlbench.tuning import budget_lines, tune_grid
 from tlbench.types import UsageError
 
 LIST_KINDS = ("strategies", "backbones", "datasets", "executors")
@@ -230,6 +230,10 @@ def _weights_note(record: Any) -> str:
                    "on the selection seed(s), the best on validation re-run on --seeds fresh seeds (reported).")
 @click.option("--tune-budget", type=int, default=None, metavar="K",
               help="Configurations per strategy with --tune (the same K for every strategy) [default: 4].")
+@click.option("--tune-extensions", type=int, default=None, metavar="N",
+              help="With --tune: times a choice on the edge of an ordered axis extends it one step [default: 2].")
+@click.option("--tune-halving", is_flag=True,
+              help="With --tune: successive halving on validation (fewer epochs first, the better half continued).")
 @click.option("--save-models", type=click.Choice(["none", "best", "all"]), default="best", show_default=True,
               help="Keep trained weights (the restored best-epoch weights the test split scored) as "
                    "<key>.safetensors beside the records, their sha256 in the record: best = per dataset x backbone "
@@ -243,7 +247,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,
         executor: str, workers: int | None, device: str | None, use_compile: bool, deterministic: bool,
         force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool, tune_budget: int | None,
-        selection_seeds: int | None, save_models: str) -> None:
+        selection_seeds: int | None, save_models: str, tune_extensions: int | None, tune_halving: bool) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
     The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command
@@ -259,9 +263,11 @@ def spec_from_options(options: dict[str, Any]) -> tuple[RunSpec, TuneSpec | None
     o = options
     if not o["strategies"] and not o["run_all"]:
         _fail("choose strategies with -s NAME (see `tlbench list strategies`) or run everything with --all")
-    if not o["tune"] and (o["tune_budget"] is not None or o["selection_seeds"] is not None):
-        _fail(f"{'--tune-budget' if o['tune_budget'] is not None else '--selection-seeds'} only applies with "
-              f"--tune; add --tune or drop it")
+    given = [flag for flag, key in (("--tune-budget", "tune_budget"), ("--selection-seeds", "selection_seeds"),
+                                    ("--tune-extensions", "tune_extensions"), ("--tune-halving", "tune_halving"))
+             if o.get(key) not in (None, False)]
+    if not o["tune"] and given:
+        _fail(f"{given[0]} only applies with --tune; add --tune or drop it")
     shortcuts = ([f"epochs={o['epochs']}"] if o["epochs"] is not None else []) \
         + (["compile=true"] if o["use_compile"] else []) + (["deterministic=true"] if o["deterministic"] else [])
     spec = RunSpec(strategies=o["strategies"], backbones=o["backbones"], datasets=o["datasets"], seeds=o["seeds"],
@@ -271,7 +277,9 @@ def spec_from_options(options: dict[str, Any]) -> tuple[RunSpec, TuneSpec | None
                    redo="all" if o["force"] else "failed" if o["retry_failed"] else "none",
                    save_models=o["save_models"])
     tuning = TuneSpec(budget=DEFAULT_BUDGET if o["tune_budget"] is None else o["tune_budget"],
-                      selection_seeds=1 if o["selection_seeds"] is None else o["selection_seeds"]) if o["tune"] else None
+                      selection_seeds=1 if o["selection_seeds"] is None else o["selection_seeds"],
+                      extensions=DEFAULT_EXTENSIONS if o.get("tune_extensions") is None else o["tune_extensions"],
+                      halving=bool(o.get("tune_halving"))) if o["tune"] else None
     return spec, tuning
 
 
@@ -298,13 +306,16 @@ def _execute(spec: RunSpec, tuning: TuneSpec | None, fmt: str) -> None:
 
 def _report_tuning(tuned: Any, fmt: str, formats: dict[str, Any]) -> None:
     """The end of a tuned run: the leaderboard of its records with the tuned rows apart, each stage's summary, and
-    the strategies that could not be tuned (the budgets were printed when it started)."""
+    what each sweep spent against its maximum, and the strategies that could not be tuned (the maxima were printed
+    when it started)."""
     if tuned.sweeps:
         table = render(tuned.records, fmt, formats=formats, sweeps=tuned.sweeps)
         if table:
             _echo(table)
     for grid in tuned.grids:
         _report_grid(grid)
+    for line in budget_lines(tuned):
+        _echo(f"tlbench: {line}", err=True)
     for line in tuned.not_selected:
         _echo(f"tlbench: not tuned: {line}", err=True)
     if tuned.aborted:

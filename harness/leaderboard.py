@@ -98,7 +98,8 @@ def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None,
         entries.append({"dataset": get(first, "trial.dataset"), "backbone": get(first, "trial.backbone"),
                         "strategy": _label(sweep.reporting_label, first), "name": sweep.strategy,
                         "protocol": protocol_of(first), "tuned": True,
-                        "tuning": sweep.tuning_text, "sweep": sweep,
+                        "tuning": sweep.tuning_text + (f"; {sweep.edge_text}" if getattr(sweep, "edges", None)
+                                                       else ""), "sweep": sweep,
                         "ok": [r for r in found if get(r, "status") == "ok"],
                         "failed": [r for r in found if get(r, "status") != "ok"],
                         "data": json.dumps(get(first, "trial.data", {}), sort_keys=True, default=str)})
@@ -379,17 +380,23 @@ def build_table(records: Iterable[Any], columns: Sequence[str] = DEFAULT_COLUMNS
 
 
 def tuning_note(sweeps: Sequence[Any], groups: Sequence[dict[str, Any]], candidates: bool) -> str:
-    """What the tuned rows are, and how many configurations were tried only to choose."""
+    """What the tuned rows are, how many configurations were tried only to choose, and how many choices still lie
+    on an edge of their space after the last extension (their ``tuning`` says which: "edge: lr=0.1 is the largest
+    tried")."""
     budgets = sorted({(len(s.candidates), len(s.selection_seeds), len(s.reporting_seeds)) for s in sweeps})
     text = "; ".join(f"best of {k} configurations on validation ({s} selection seed{'s' * (s > 1)}), test top-1 "
                      f"over {n} fresh reporting seed{'s' * (n > 1)}" for k, s, n in budgets)
     tried = {c.group for sweep in sweeps for c in sweep.candidates}
     shown = {get(r, "trial.group") for g in groups if not g["tuned"] for r in g["ok"] + g["failed"]}
     hidden = len(tried - shown)
+    on_edge = sum(1 for s in sweeps if getattr(s, "edges", None))
     return (f"tuned rows: {text}; the selection seeds' test scores are never read. " +
             (f"{hidden} other configuration(s) the sweeps ran are not listed on their own (--candidates lists "
              f"them)."
-             if hidden and not candidates else ""))
+             if hidden and not candidates else "") +
+            (f"{' ' if hidden and not candidates else ''}{on_edge} tuned row(s) chose on an edge of the space "
+             f"after the last extension (marked 'edge:'): the optimum may lie beyond it (more --tune-extensions "
+             f"or a wider space)." if on_edge else ""))
 
 
 def render(records: Iterable[Any], fmt: str = "github", columns: Sequence[str] = DEFAULT_COLUMNS,

@@ -20,6 +20,7 @@ from tlbench.types import UsageError
 REDO = ("none", "failed", "all")  # which trials that have a record run again: --retry-failed, --force
 SAVE_MODELS = ("none", "best", "all")
 DEFAULT_BUDGET = 4
+DEFAULT_EXTENSIONS = 2  # how often the edge rule may extend an ordered axis past the choice (tlbench.tuning)
 
 
 def _names(value: Iterable[str] | str, what: str) -> tuple[str, ...]:
@@ -135,16 +136,25 @@ class TuneSpec:
     """What ``--tune`` adds to a run: ``budget`` configurations per strategy (the same K for every strategy), each
     trained on ``selection_seeds`` seeds from the run's first seed; the best on validation is re-run on the run's
     ``seeds`` reporting seeds, which follow the selection seeds. ``sample_seed`` seeds the draw of configurations
-    from a space larger than the budget."""
+    from a space larger than the budget. ``extensions``: how many times the edge rule may extend an ordered axis
+    one step past a choice on its edge (the same limit for every strategy; 0 turns the rule off). ``halving``:
+    successive halving on validation (every configuration for a fraction of the epochs, the better half
+    continued; see ``tlbench.tuning.halving_rungs``) instead of every configuration for the protocol's epochs."""
 
     budget: int = DEFAULT_BUDGET
     selection_seeds: int = 1
     sample_seed: int = 0
+    extensions: int = DEFAULT_EXTENSIONS
+    halving: bool = False
 
     def __post_init__(self) -> None:
         for label, value in (("--tune-budget", self.budget), ("--selection-seeds", self.selection_seeds)):
             if not _is_int(value) or value < 1:
                 raise UsageError(f"{label} must be an integer >= 1, got {value!r}")
+        if not _is_int(self.extensions) or self.extensions < 0:
+            raise UsageError(f"--tune-extensions must be an integer >= 0, got {self.extensions!r}")
+        if not isinstance(self.halving, bool):
+            raise UsageError(f"halving must be true or false, got {self.halving!r}")
         if not _is_int(self.sample_seed) or self.sample_seed < 0:
             raise UsageError(f"the sample seed must be an integer >= 0, got {self.sample_seed!r}")
 

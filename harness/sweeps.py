@@ -5,6 +5,7 @@ which owns the results folder's layout (``<results>/tuning/<sweep key>.json``); 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -30,6 +31,9 @@ class Candidate:
     keys: list[str]
     val_top1: float | None = None
     statuses: list[str] = field(default_factory=list)
+    epochs: int | None = None  # the epochs it trained for (fewer than the protocol's in a halving rung)
+    rung: int = 0  # its successive-halving rung (0 without halving)
+    extension: int = 0  # 0: drawn from the space; k: added by the k-th extension of an edge (the edge rule)
 
 
 @dataclass
@@ -54,15 +58,32 @@ class Sweep:
     reporting_label: str
     selection_rule: str = SELECTION_RULE
     created: str = ""
+    edges: list[str] = field(default_factory=list)  # the choice still on an edge after the last extension
+    extensions: int = 0  # the most extensions the edge rule allowed
+    halving: list[list[int]] = field(default_factory=list)  # [configurations, epochs] per rung; [] without
+    axes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the ordered axes (Axis.to_json_dict)
 
     @property
     def chosen_config(self) -> dict[str, Any]:
         return self.candidates[self.chosen].config
 
     @property
+    def configurations(self) -> int:
+        """Distinct configurations tried (a configuration in several halving rungs counts once)."""
+        return len({json.dumps(c.config, sort_keys=True) for c in self.candidates})
+
+    @property
     def tuning_text(self) -> str:
         values = ", ".join(f"{k}={v}" for k, v in self.chosen_config.items()) or "the defaults"
-        return f"best of {len(self.candidates)} on val: {values}"
+        extended = sum(1 for c in self.candidates if c.extension)
+        how = [f"{extended} by extension" if extended else "", "successive halving" if self.halving else ""]
+        shown = f" ({', '.join(h for h in how if h)})" if any(how) else ""
+        return f"best of {self.configurations} on val{shown}: {values}"
+
+    @property
+    def edge_text(self) -> str:
+        """How the leaderboard and the report mark a choice still on an edge ("" when it is not)."""
+        return "; ".join(f"edge: {edge}" for edge in self.edges)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"schema": SWEEP_SCHEMA, "kind": "tlbench sweep", "key": self.key, "dataset": self.dataset,
@@ -72,7 +93,8 @@ class Sweep:
                 "chosen_config": self.chosen_config, "selection_rule": self.selection_rule,
                 "selection_seeds": self.selection_seeds, "reporting_seeds": self.reporting_seeds,
                 "reporting_keys": self.reporting_keys, "reporting_group": self.reporting_group,
-                "reporting_label": self.reporting_label, "created": self.created}
+                "reporting_label": self.reporting_label, "created": self.created, "edges": self.edges,
+                "extensions": self.extensions, "halving": self.halving, "axes": self.axes}
 
     @classmethod
     def from_json_dict(cls, raw: Any) -> "Sweep":
@@ -99,9 +121,12 @@ class Sweep:
             keys = need("keys", list, item)
             if not keys or not all(isinstance(k, str) and k for k in keys):
                 raise SweepError("a candidate's keys are not trial keys")
+            numbers = [item.get(name, default) for name, default in (("epochs", None), ("rung", 0), ("extension", 0))]
+            if not all(n is None or isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+                raise SweepError("a candidate's epochs, rung or extension is not an integer")
             candidates.append(Candidate(dict(need("config", dict, item)), need("group", str, item),
                                         need("label", str, item), list(keys), val,
-                                        [str(s) for s in item.get("statuses") or []]))
+                                        [str(s) for s in item.get("statuses") or []], *numbers))
         chosen = need("chosen", int)
         if not candidates or not 0 <= chosen < len(candidates):
             raise SweepError(f"'chosen' is {chosen}, not one of {len(candidates)} candidates")
@@ -117,7 +142,10 @@ class Sweep:
                    dict(need("space", dict)), need("space_source", str), dict(need("budget", dict)),
                    need("sampling", str), candidates, chosen, list(seeds[0]), list(seeds[1]),
                    list(reporting_keys), need("reporting_group", str), need("reporting_label", str),
-                   need("selection_rule", str), str(raw.get("created", "")))
+                   need("selection_rule", str), str(raw.get("created", "")),
+                   [str(e) for e in raw.get("edges") or []], int(raw.get("extensions") or 0),
+                   [list(r) for r in raw.get("halving") or []],
+                   {str(k): dict(v) for k, v in (raw.get("axes") or {}).items() if isinstance(v, dict)})
 
 
 def choose(candidates: Sequence[Candidate]) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from tlbench import ParamRef, Strategy, TrainPlan, hookimpl, log_grid
+from tlbench import ParamRef, Strategy, TrainPlan, hookimpl, log_axis
 
 
 def bias_or_head(ref: ParamRef) -> bool:
@@ -19,7 +19,7 @@ class BitFit(Strategy):
     name = "bitfit"
     description = "Ben Zaken et al. 2022: biases (norm shifts included) at lr and the new head at head_lr train"
     defaults = {"lr": 1e-3, "head_lr": 1e-3, "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-3)}
+    search_space = {"lr": log_axis(1e-5, 1e-1)}
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
         rates = {group: hparams["lr"] for group in group_names} | {"head": hparams["head_lr"]}

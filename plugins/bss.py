@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from tlbench import StepContext, Strategy, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import StepContext, Strategy, TrainPlan, UsageError, hookimpl, log_axis
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class BSS(Strategy):
     description = ("Chen et al. NeurIPS 2019: full fine-tuning at lr plus eta * (sum of the k smallest squared "
                    "singular values of the batch's features); k=1, eta=0.001")
     defaults = {"lr": 1e-4, "eta": 0.001, "k": 1, "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4), "eta": [0.0001, 0.001, 0.01]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "eta": log_axis(1e-4, 1e-2, 10)}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         super().validate(hparams, protocol)

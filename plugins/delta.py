@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from tlbench import StepContext, Strategy, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import StepContext, Strategy, TrainPlan, UsageError, hookimpl, log_axis
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Delta(Strategy):
                    "feature maps (a frozen copy of the starting model) and beta/2*||w||^2 on the head; alpha=0.1")
     defaults = {"lr": 1e-4, "alpha": 0.1, "beta": 0.01, "attention": False, "layers": "stages",
                 "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4), "alpha": [0.01, 0.1, 1.0]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "alpha": log_axis(1e-2, 1.0, 10)}
     protocol = {"weight_decay": 0.0}  # the penalties replace it, as in l2-sp
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:

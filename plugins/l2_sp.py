@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from tlbench import Strategy, TrainingContext, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Strategy, TrainingContext, TrainPlan, UsageError, hookimpl, log_axis
 
 
 class SquaredDistance(torch.autograd.Function):
@@ -48,7 +48,7 @@ class L2SP(Strategy):
     description = ("Li et al. ICML 2018: everything trains at lr with alpha/2*||w-w0||^2 on the backbone and "
                    "beta/2*||w||^2 on the head instead of weight decay")
     defaults = {"lr": 1e-4, "alpha": 0.01, "beta": 0.01, "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4), "alpha": [0.01, 0.1]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "alpha": log_axis(1e-3, 1e-1, 10)}
     protocol = {"weight_decay": 0.0}  # the penalty replaces it
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:

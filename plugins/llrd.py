@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from tlbench import ParamRef, Strategy, TrainPlan, UsageError, hookimpl
+from tlbench import ParamRef, Strategy, TrainPlan, UsageError, hookimpl, linear_axis, log_axis
 
 
 def layer_decay_rates(group_names: Sequence[str], lr: float, decay: float) -> dict[str, float]:
@@ -35,7 +35,7 @@ class LayerwiseLRDecay(Strategy):
     description = "BEiT/MAE layer-wise LR decay: head at lr, each earlier group (stage) at decay x the next one"
     defaults = {"lr": 1e-3, "decay": 0.75, "batchnorm": "frozen"}
     granularity = "group"
-    search_space = {"lr": [3e-4, 1e-3, 3e-3], "decay": [0.65, 0.75, 0.85]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "decay": linear_axis(0.55, 0.95, 0.1, low=0.05, high=1.0)}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         super().validate(hparams, protocol)
@@ -56,7 +56,7 @@ class BlockwiseLRDecay(LayerwiseLRDecay):
     description = ("llrd per block (BEiT's per-layer decay): head at lr, each earlier block at decay x the next "
                    "one, through lr_scale over ParamRef.block_index")
     defaults = {"lr": 1e-3, "decay": 0.85, "batchnorm": "frozen"}
-    search_space = {"lr": [3e-4, 1e-3, 3e-3], "decay": [0.75, 0.85, 0.95]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "decay": linear_axis(0.55, 0.95, 0.1, low=0.05, high=1.0)}
     granularity = "block"
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from tlbench import Backbone, Extra, ParamRef, Strategy, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Backbone, Extra, ParamRef, Strategy, TrainPlan, UsageError, hookimpl, log_axis
 
 INSTALL_HINT = Extra("peft", "LoRA adapters come from Hugging Face peft")
 
@@ -70,7 +70,7 @@ class LoRA(Strategy):
     description = ("Hu et al. ICLR 2022 via peft: rank-r adapters on qkv (ViTs) or 1x1 convs/linears (CNNs); "
                    "backbone frozen; adapters at lr, head at head_lr")
     defaults = {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": "auto", "lr": 1e-3, "head_lr": 1e-3}
-    search_space = {"lr": log_grid(1e-3), "rank": [4, 8]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "rank": log_axis(2, 16, 2, low=1, integer=True)}
     requires = {"peft": INSTALL_HINT}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:

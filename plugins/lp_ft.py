@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from tlbench import Phase, Strategy, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Phase, Strategy, TrainPlan, UsageError, hookimpl, log_axis
 
 
 class LinearProbeThenFineTune(Strategy):
@@ -18,7 +18,7 @@ class LinearProbeThenFineTune(Strategy):
     description = ("Kumar et al. ICLR 2022: probe the head on the frozen backbone (probe_epochs), then fine-tune "
                    "everything at lr from the probed head")
     defaults = {"probe_lr": 1e-3, "probe_epochs": 1.0, "lr": 1e-4, "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4)}
+    search_space = {"lr": log_axis(1e-5, 1e-1)}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         super().validate(hparams, protocol)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from tlbench import Strategy, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Strategy, TrainPlan, UsageError, hookimpl, log_axis
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Mixup(Strategy):
     description = ("Zhang et al. ICLR 2018: full fine-tuning at lr on lam*x+(1-lam)*x' with mixed soft labels, "
                    "lam ~ Beta(alpha, alpha) (alpha=0.2); cutmix=true: CutMix (Yun et al. ICCV 2019)")
     defaults = {"lr": 1e-4, "alpha": 0.2, "cutmix": False, "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4), "alpha": [0.2, 0.4, 1.0]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "alpha": log_axis(0.1, 1.6, 2, digits=2)}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         super().validate(hparams, protocol)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from tlbench import Strategy, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Strategy, TrainPlan, UsageError, hookimpl, log_axis
 
 
 def _stages(group_names: Sequence[str]) -> list[str]:
@@ -21,7 +21,7 @@ class Scratch(Strategy):
     description = "random init, everything trains (the lesson's lower bound)"
     pretrained = False
     defaults = {"lr": 1e-3, "batchnorm": "train"}
-    search_space = {"lr": log_grid(1e-3)}
+    search_space = {"lr": log_axis(1e-5, 1e-1)}
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
         return TrainPlan({g: hparams["lr"] for g in group_names}, hparams["batchnorm"])
@@ -31,7 +31,7 @@ class Frozen(Strategy):
     name = "frozen"
     description = "pretrained backbone frozen (BatchNorm statistics too), only a new head trains"
     defaults = {"head_lr": 1e-3}
-    search_space = {"head_lr": log_grid(1e-3)}
+    search_space = {"head_lr": log_axis(1e-5, 1e-1)}
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
         return TrainPlan({"head": hparams["head_lr"]}, "frozen")
@@ -41,7 +41,7 @@ class Partial(Strategy):
     name = "partial"
     description = "head + the last N stages train (unfreeze=N), the rest frozen as in 'frozen'"
     defaults = {"unfreeze": 1, "head_lr": 1e-3, "lr": 1e-4, "batchnorm": "frozen"}
-    search_space = {"unfreeze": [1, 2], "lr": [1e-4, 1e-3]}
+    search_space = {"unfreeze": [1, 2], "lr": log_axis(1e-5, 1e-1)}
 
     def validate(self, hparams: Mapping[str, Any]) -> None:
         super().validate(hparams)
@@ -65,7 +65,7 @@ class Full(Strategy):
     name = "full"
     description = "everything trains at one small learning rate"
     defaults = {"lr": 1e-4, "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4)}
+    search_space = {"lr": log_axis(1e-5, 1e-1)}
 
     def plan(self, group_names: Sequence[str], hparams: Mapping[str, Any]) -> TrainPlan:
         return TrainPlan({g: hparams["lr"] for g in group_names}, hparams["batchnorm"])
@@ -76,7 +76,7 @@ class DiscriminativeLR(Strategy):
     description = ("everything trains; backbone at backbone_lr, new head at head_lr; stage_decay=true spreads "
                    "the rates geometrically from stem to head")
     defaults = {"backbone_lr": 1e-5, "head_lr": 1e-3, "stage_decay": False, "batchnorm": "frozen"}
-    search_space = {"backbone_lr": [1e-5, 1e-4], "head_lr": [1e-3, 1e-2]}
+    search_space = {"backbone_lr": log_axis(1e-6, 1e-2), "head_lr": log_axis(1e-4, 1e-1)}
 
     def validate(self, hparams: Mapping[str, Any]) -> None:
         super().validate(hparams)

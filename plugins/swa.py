@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from tlbench import Callback, Strategy, TrainingContext, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Callback, Strategy, TrainingContext, TrainPlan, UsageError, hookimpl, linear_axis, log_axis
 
 
 class WeightAverage(Callback):
@@ -65,7 +65,7 @@ class SWA(Strategy):
     description = ("Izmailov et al. UAI 2018: full fine-tuning at lr, the weights averaged over the epochs from "
                    "start x epochs (0.5) on; average=ema: per-step EMA (decay 0.999)")
     defaults = {"lr": 1e-4, "average": "swa", "start": 0.5, "decay": 0.999, "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4), "start": [0.25, 0.5, 0.75]}
+    search_space = {"lr": log_axis(1e-5, 1e-1), "start": linear_axis(0.25, 0.75, 0.25, low=0.0, high=0.9)}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         super().validate(hparams, protocol)

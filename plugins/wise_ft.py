@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from tlbench import Strategy, TrainingContext, TrainPlan, UsageError, hookimpl, log_grid
+from tlbench import Strategy, TrainingContext, TrainPlan, UsageError, hookimpl, log_axis
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class WiseFT(Strategy):
     description = ("Wortsman et al. CVPR 2022: fine-tune everything at lr, then mix backbone weights "
                    "(1-a)*pretrained + a*fine-tuned, a chosen on validation from alphas")
     defaults = {"lr": 1e-4, "alphas": [0.0, 0.25, 0.5, 0.75, 1.0], "batchnorm": "frozen"}
-    search_space = {"lr": log_grid(1e-4)}
+    search_space = {"lr": log_axis(1e-5, 1e-1)}
 
     def validate(self, hparams: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> None:
         super().validate(hparams, protocol)

@@ -467,8 +467,8 @@ def test_a_claim_on_a_full_disk_leaves_no_lock_file(tmp_path, monkeypatch):
 def test_a_sweep_file_that_cannot_be_written_stops_the_tuning_in_one_line(tmp_path, tiny_backbone, monkeypatch):
     monkeypatch.setattr(ResultStore, "write_sweep", lambda self, sweep: no_space())
     runner_result = CliRunner().invoke(cli, ["run", "-s", "frozen", "-b", tiny_backbone, "-d", "synthetic", "-q",
-                                             "--set", "epochs=1", "--tune", "--tune-budget", "1", "--save-models",
-                                             "none", "--results-dir", str(tmp_path / "r")])
+                                             "--set", "epochs=1", "--tune", "--tune-budget", "1", "--tune-extensions",
+                                             "0", "--save-models", "none", "--results-dir", str(tmp_path / "r")])
     assert runner_result.exit_code == 1, runner_result.output
     stopped = [line for line in runner_result.stderr.splitlines() if "could not write the sweep file" in line]
     assert len(stopped) == 1 and "No space left on device" in stopped[0] and "resume" in stopped[0]

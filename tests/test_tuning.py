@@ -121,7 +121,8 @@ def tune(tmp_path: Path, strategies=("knob",), plugins=None, **kwargs):
                    device="cpu", plugins=plugins or tuning_plugins(*(Knob, Knob2)))
     options.update(kwargs)
     runtime = {k: options.pop(k) for k in RUNTIME if k in options}
-    tuning = TuneSpec(**{k: options.pop(k) for k in ("budget", "selection_seeds", "sample_seed") if k in options})
+    tuning = TuneSpec(**{k: options.pop(k) for k in ("budget", "selection_seeds", "sample_seed", "extensions",
+                                                      "halving") if k in options})
     spec = RunSpec(strategies=list(strategies), backbones=["onehot"], datasets=["disagree"], **options)
     return tune_grid(spec, tuning, **runtime)
 
@@ -261,15 +262,22 @@ def test_choose_takes_the_best_validation_score_and_the_earliest_on_ties():
 
 # --------------------------------------------------------------------------------------------------- budgets
 def test_every_strategy_gets_the_same_budget_and_it_is_recorded(tmp_path):
-    result = tune(tmp_path, ["knob", "knob2", "frozen"], seeds=1)  # the built-in frozen: a space of 4
+    result = tune(tmp_path, ["knob", "knob2", "frozen"], seeds=1)  # the built-in frozen: an ordered space of 9
     budgets = result.budgets
     assert set(budgets) == {"knob", "knob2", "frozen"}
     assert len({json.dumps({k: v for k, v in b.items() if k != "space_size"}) for b in budgets.values()}) == 1
-    assert budgets["frozen"] == {"configurations": 2, "space_size": 4, "epochs_per_configuration": 3,
-                                 "selection_seeds": 1, "trials": 2, "epochs": 6}
+    assert budgets["frozen"] == {"configurations": 2, "space_size": 9, "epochs_per_configuration": 3,
+                                 "selection_seeds": 1, "trials": 2, "epochs": 6, "extensions": 2, "halving": [],
+                                 "maximum_trials": 4, "maximum_epochs": 12}
     sweeps = {s.strategy: s for s in ResultStore(tmp_path / "results").sweeps()}
-    assert {name: len(s.candidates) for name, s in sweeps.items()} == {"knob": 2, "knob2": 2, "frozen": 2}
-    assert sweeps["frozen"].budget == budgets["frozen"] and "2 of 4 drawn" in sweeps["frozen"].sampling
+    drawn = {name: [c for c in s.candidates if not c.extension] for name, s in sweeps.items()}
+    assert {name: len(c) for name, c in drawn.items()} == {"knob": 2, "knob2": 2, "frozen": 2}
+    assert len(sweeps["knob"].candidates) == 2  # an unordered space is never extended
+    assert sweeps["frozen"].budget == {**budgets["frozen"], "spent": {
+        "configurations": len(sweeps["frozen"].candidates), "extensions": len(sweeps["frozen"].candidates) - 2,
+        "trials": len(sweeps["frozen"].candidates), "epochs": 3 * len(sweeps["frozen"].candidates)}}
+    assert "2 of 9 drawn" in sweeps["frozen"].sampling
+    assert all(s.budget["spent"]["epochs"] <= s.budget["maximum_epochs"] for s in sweeps.values())
     selection_trials = [t for t in result.selection.trials]
     assert {name: sum(t.strategy == name for t in selection_trials) for name in budgets} == {
         "knob": 2, "knob2": 2, "frozen": 2}
@@ -452,7 +460,7 @@ def test_list_strategies_shows_each_search_space():
     out = CliRunner().invoke(cli, ["list", "strategies", "--wide"])  # one line per strategy
     assert out.exit_code == 0 and "search space (--tune)" in out.output
     line = next(line for line in out.output.splitlines() if line.startswith("full "))
-    assert "lr [3e-05, 0.0001, 0.0003, 0.001]" in line
+    assert "lr [1e-05, 3e-05, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]" in line
 
 
 @pytest.mark.parametrize("columns", [100, 120, 160])
@@ -485,8 +493,9 @@ def test_a_sweep_killed_with_sigkill_mid_trial_resumes_without_redoing_finished_
     assert "4 trial(s), 2 already done, 2 to run" in final.stderr
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in results.glob("*.json") if p.name in done} == done
     (sweep,) = ResultStore(results).sweeps()
-    assert len(sweep.candidates) == 4 and all(c.val_top1 is not None for c in sweep.candidates)
-    assert len(list(results.glob("*.json"))) == 5  # 4 configurations + 1 reporting seed
+    drawn = [c for c in sweep.candidates if not c.extension]  # then any extensions of an edge, after the kill
+    assert len(drawn) == 4 and all(c.val_top1 is not None for c in sweep.candidates)
+    assert len(list(results.glob("*.json"))) == len(sweep.candidates) + 1  # the configurations + 1 reporting seed
 
 
 def test_a_sweep_runs_through_another_executor_with_the_same_choice(tmp_path, tiny_backbone):
