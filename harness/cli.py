@@ -245,9 +245,9 @@ def _weights_note(record: Any) -> str:
                    "seeds come after them.")
 def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], datasets: tuple[str, ...],
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], axes: tuple[str, ...],
-        results_dir: Path | None, executor: str, workers: int | None, device: str | None, use_compile: bool, deterministic: bool,
-        force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool, tune_budget: int | None,
-        selection_seeds: int | None, save_models: str) -> None:
+        results_dir: Path | None, executor: str, workers: int | None, device: str | None, use_compile: bool,
+        deterministic: bool, force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool,
+        tune_budget: int | None, selection_seeds: int | None, save_models: str) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
     The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command

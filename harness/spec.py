@@ -234,8 +234,11 @@ def parse_axes(axes: Mapping[str, Any] | Iterable[str] | str, settings: Mapping[
         if not values:
             raise UsageError(f"--vary {key} lists no values; give them: --vary {key}=V1,V2,...")
         for i, value in enumerate(values):
-            if any(_same_value(value, earlier) for earlier in values[:i]):
-                raise UsageError(f"--vary {key} lists {setting_text(value)} twice; list each value once")
+            for earlier in values[:i]:
+                if _same_value(value, earlier):
+                    again = "" if setting_text(value) == setting_text(earlier) else f" (as {setting_text(value)})"
+                    raise UsageError(f"--vary {key} lists {setting_text(earlier)} twice{again}; list each value "
+                                     f"once")
         parsed[key] = values
     return parsed
 
