@@ -278,15 +278,19 @@ def build_grid_trials(spec: RunSpec, names: GridNames, registered: Mapping[str, 
         if "." in key and scope != "data" and scope not in selected and scope in registered:
             raise UsageError(f"--vary {key} varies nothing: strategy {scope!r} is not in this grid; add -s {scope} "
                              f"or drop the axis")
+    def build(combination: Mapping[str, Any]) -> list[Trial]:
+        return build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
+                            seeds=spec.seed_range, overrides={**spec.settings, **combination},
+                            registered_strategies=registered)
+
     trials: dict[str, Trial] = {}
     for combination in axis_combinations(spec.axes):
         try:
-            built = build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
-                                 seeds=spec.seed_range, overrides={**spec.settings, **combination},
-                                 registered_strategies=registered)
+            built = build(combination)
         except UsageError as exc:
             if not combination:
                 raise
+            build({})  # the --set settings alone are wrong: their own error, as without --vary
             shown = " ".join(f"{k}={setting_text(v)}" for k, v in combination.items())
             raise UsageError(f"--vary values {shown}: {exc}") from None
         for trial in built:

@@ -155,6 +155,7 @@ def test_the_combinations_run_on_another_executor(tiny_backbone, tmp_path):
                                      "add -s full or drop the axis"),
     (["--vary", "image_size=64,4"], "--vary values image_size=4: image_size must be an integer >= 8"),
     (["--tune", "--vary", "epochs=1,2"], "--vary does not combine with --tune"),
+    (["--set", "epochs=0", "--vary", "image_size=64,96"], "Error: epochs must be an integer >= 1"),  # not the axis
 ])
 def test_a_bad_axis_is_one_error_line_and_nothing_is_written(tiny_backbone, tmp_path, extra, message):
     results = tmp_path / "results"
