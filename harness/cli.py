@@ -26,7 +26,7 @@ from tlbench.registry import Plugins
 from tlbench.report import write_report
 from tlbench.rerun import other_processor, rerun_spec
 from tlbench.search_space import search_space
-from tlbench.spec import DEFAULT_BUDGET, DEFAULT_EXTENSIONS, RunSpec, TuneSpec
+from tlbench.spec import AXES_NOT_TUNED, DEFAULT_BUDGET, DEFAULT_EXTENSIONS, RunSpec, TuneSpec
 from tlbench.splits import DataWarning
 from tlbench.store import ResultStore, default_results_dir
 from tlbench.tuning import budget_lines, tune_grid
@@ -212,6 +212,10 @@ def _weights_note(record: Any) -> str:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a setting: epochs=5, full.lr=3e-4, frozen.epochs=20, data.train_size=2000, "
                    "executor.workers=2.")
+@click.option("--vary", "axes", multiple=True, metavar="KEY=V1,V2,...",
+              help="A setting as an axis of the grid: every combination of the --vary values is an ordinary trial, "
+                   "the same trial as --set KEY=V (repeatable; any --set key, e.g. data.train_size=100,300,1000; "
+                   "not with --tune).")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records go [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
 @click.option("--executor", default="local", show_default=True,
@@ -244,10 +248,11 @@ def _weights_note(record: Any) -> str:
               help="Seeds each configuration is trained on to choose, with --tune [default: 1]; the reporting "
                    "seeds come after them.")
 def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], datasets: tuple[str, ...],
-        seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,
-        executor: str, workers: int | None, device: str | None, use_compile: bool, deterministic: bool,
-        force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool, tune_budget: int | None,
-        selection_seeds: int | None, save_models: str, tune_extensions: int | None, tune_halving: bool) -> None:
+        seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], axes: tuple[str, ...],
+        results_dir: Path | None, executor: str, workers: int | None, device: str | None, use_compile: bool,
+        deterministic: bool, force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool,
+        tune_budget: int | None, selection_seeds: int | None, save_models: str, tune_extensions: int | None,
+        tune_halving: bool) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
     The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command
@@ -268,6 +273,8 @@ def spec_from_options(options: dict[str, Any]) -> tuple[RunSpec, TuneSpec | None
              if o.get(key) not in (None, False)]
     if not o["tune"] and given:
         _fail(f"{given[0]} only applies with --tune; add --tune or drop it")
+    if o["tune"] and o["axes"]:
+        _fail(AXES_NOT_TUNED)
     shortcuts = ([f"epochs={o['epochs']}"] if o["epochs"] is not None else []) \
         + (["compile=true"] if o["use_compile"] else []) + (["deterministic=true"] if o["deterministic"] else [])
     spec = RunSpec(strategies=o["strategies"], backbones=o["backbones"], datasets=o["datasets"], seeds=o["seeds"],
@@ -275,7 +282,7 @@ def spec_from_options(options: dict[str, Any]) -> tuple[RunSpec, TuneSpec | None
                    executor_options={"workers": o["workers"]} if o["workers"] is not None else {},
                    results_dir=o["results_dir"], device=o["device"], progress="off" if o["quiet"] else "auto",
                    redo="all" if o["force"] else "failed" if o["retry_failed"] else "none",
-                   save_models=o["save_models"])
+                   save_models=o["save_models"], axes=o["axes"])
     tuning = TuneSpec(budget=DEFAULT_BUDGET if o["tune_budget"] is None else o["tune_budget"],
                       selection_seeds=1 if o["selection_seeds"] is None else o["selection_seeds"],
                       extensions=DEFAULT_EXTENSIONS if o.get("tune_extensions") is None else o["tune_extensions"],

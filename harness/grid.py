@@ -7,6 +7,8 @@ writes the records that come back, reports each one, and tallies the grid — id
 from __future__ import annotations
 
 import difflib
+import itertools
+import math
 import os
 import sys
 import threading
@@ -26,7 +28,7 @@ from tlbench.record_hooks import record_finished
 from tlbench.records import Record, RecordError
 from tlbench.registry import Plugins
 from tlbench.runner import TrialRunner
-from tlbench.spec import RunSpec
+from tlbench.spec import RunSpec, setting_text
 from tlbench.splits import available_memory
 from tlbench.store import ResultStore, default_results_dir
 from tlbench.types import UsageError
@@ -258,6 +260,46 @@ PLANNING_BYTES_PER_TRIAL = 16 * 2**10
 ACTIVATION_FACTOR = 32
 
 
+def axis_combinations(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the ``--vary`` axes' values, the first axis slowest ([{}] without axes)."""
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def build_grid_trials(spec: RunSpec, names: GridNames, registered: Mapping[str, Any]) -> list[Trial]:
+    """The grid's trials: names x seeds x every combination of the spec's axes, each combination built exactly as
+    ``--set`` with its values would build it (so a ``--vary`` trial and the same ``--set`` trial are one trial,
+    one key, one record). Sorted by dataset then backbone, as :func:`tlbench.plan.build_trials` sorts one
+    combination; a trial two combinations give alike (an axis of a strategy that only some trials have) is kept
+    once. A strategy axis for a registered strategy outside the grid is refused: it would vary nothing."""
+    selected = {name for name, _ in names.strategies}
+    for key in spec.axes:
+        scope = key.partition(".")[0]
+        if "." in key and scope != "data" and scope not in selected and scope in registered:
+            raise UsageError(f"--vary {key} varies nothing: strategy {scope!r} is not in this grid; add -s {scope} "
+                             f"or drop the axis")
+    def build(combination: Mapping[str, Any]) -> list[Trial]:
+        return build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
+                            seeds=spec.seed_range, overrides={**spec.settings, **combination},
+                            registered_strategies=registered)
+
+    trials: dict[str, Trial] = {}
+    for combination in axis_combinations(spec.axes):
+        try:
+            built = build(combination)
+        except UsageError as exc:
+            if not combination:
+                raise
+            build({})  # the --set settings alone are wrong: their own error, as without --vary
+            shown = " ".join(f"{k}={setting_text(v)}" for k, v in combination.items())
+            raise UsageError(f"--vary values {shown}: {exc}") from None
+        for trial in built:
+            trials.setdefault(trial.key, trial)
+    dataset_order = {name: i for i, (name, _) in enumerate(names.datasets)}
+    backbone_order = {name: i for i, name in enumerate(names.backbones)}
+    return sorted(trials.values(), key=lambda t: (dataset_order[t.dataset], backbone_order[t.backbone]))
+
+
 def check_grid_size(count: int, described: str, fix: str) -> None:
     """Refuse, before planning it, a grid whose trials alone would not fit in this machine's memory (e.g.
     ``--seeds 1000000000000``): one line saying how many trials, what they need and what is available."""
@@ -349,12 +391,14 @@ def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugin
     chosen_executor = plugins.executors.get(spec.executor, plugins.failure_hint())
     options = executor_options(chosen_executor, spec.executor_options)
     if trials is None:
-        check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies) * spec.seeds,
+        combinations = math.prod(len(values) for values in spec.axes.values())  # 1 without axes
+        check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies) * spec.seeds
+                        * combinations,
                         f"{len(names.strategies)} strategy(ies) x {len(names.backbones)} backbone(s) x "
-                        f"{len(names.datasets)} dataset(s) x {spec.seeds} seed(s)", "lower --seeds")
-        trials = build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
-                              seeds=spec.seed_range, overrides=spec.settings,
-                              registered_strategies=dict(plugins.strategies.items()))
+                        f"{len(names.datasets)} dataset(s) x {spec.seeds} seed(s)"
+                        + (f" x {combinations} --vary combination(s)" if spec.axes else ""),
+                        "lower --seeds" + (" or list fewer --vary values" if spec.axes else ""))
+        trials = build_grid_trials(spec, names, dict(plugins.strategies.items()))
     else:
         trials = list(trials)
 

@@ -2,6 +2,8 @@
 or by a library caller — and passed down to :func:`tlbench.run_grid` / :func:`tlbench.tune_grid`, which read it and
 never parse a setting again. ``--set`` strings are parsed here, once; the ``executor.<option>`` and ``save_models``
 keys are taken out of the trial settings here, once (they say how and where trials run, not what a trial is).
+``--vary`` axes are parsed here too, each value by the same parser as ``--set``, so an axis value is exactly the
+setting ``--set KEY=VALUE`` would give (and its trials have the same keys).
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ REDO = ("none", "failed", "all")  # which trials that have a record run again: -
 SAVE_MODELS = ("none", "best", "all")
 DEFAULT_BUDGET = 4
 DEFAULT_EXTENSIONS = 2  # how often the edge rule may extend an ordered axis past the choice (tlbench.tuning)
+# --vary with --tune: refused (by the CLI and by tune_grid), in these words
+AXES_NOT_TUNED = ("--vary does not combine with --tune (each value would need its own tuning); run one --tune per "
+                  "value with --set KEY=VALUE, or drop --tune")
 
 
 def _names(value: Iterable[str] | str, what: str) -> tuple[str, ...]:
@@ -64,6 +69,7 @@ class RunSpec:
     redo: str = "none"
     save_models: str = "none"
     command: str | None = None
+    axes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen: normalise once)
@@ -94,6 +100,7 @@ class RunSpec:
             raise UsageError(f"save_models must be one of {', '.join(SAVE_MODELS)}, got {save_models!r}; "
                              f"use --save-models {'|'.join(SAVE_MODELS)}")
         set_("settings", settings)
+        set_("axes", parse_axes(self.axes, settings))
         set_("executor_options", options)
         set_("save_models", save_models)
         if self.results_dir is not None:
@@ -124,6 +131,8 @@ class RunSpec:
             args += ["--set", f"{key}={setting_text(value)}"]
         for key, value in self.executor_options.items():
             args += ["--set", f"executor.{key}={setting_text(value)}"]
+        for key, values in self.axes.items():
+            args += ["--vary", f"{key}={','.join(axis_value_text(v) for v in values)}"]
         return args
 
     def replace(self, **changes: Any) -> "RunSpec":
@@ -163,6 +172,96 @@ def setting_text(value: Any) -> str:
     """A setting's value as ``--set`` text that parses back to exactly that value."""
     text = "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
     return text if parse_value(text) == value else json.dumps(value)  # e.g. the string "none" must stay a string
+
+
+def split_axis_values(text: str) -> list[str]:
+    """``V1,V2,...`` split at the commas outside brackets, braces and double quotes, so a value may be a JSON list
+    (``[1,2]``) or a quoted string with a comma (``"a,b"``). Unbalanced text is split at its top-level commas; its
+    pieces then parse as strings, as ``--set`` would read them."""
+    pieces, depth, quoted, escaped, current = [], 0, False, False, []
+    for char in text:
+        if quoted:
+            quoted = not (char == '"' and not escaped)
+            escaped = char == "\\" and not escaped
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    pieces.append("".join(current))
+    return pieces
+
+
+def parse_axes(axes: Mapping[str, Any] | Iterable[str] | str, settings: Mapping[str, Any]) -> dict[str, tuple]:
+    """``--vary KEY=V1,V2,...`` items (or a mapping key -> values) as {key: (values...)}, each value parsed as
+    ``--set KEY=VALUE`` parses it. Refused with one line: a key given twice or also by ``--set``, no value, an
+    empty or a repeated value, and keys that do not define trials (``executor.*``, ``save_models``: use ``--set``).
+    Whether the configuration knows the key is checked where the trials are built, as for ``--set``."""
+    if isinstance(axes, str):
+        axes = [axes]
+    parsed: dict[str, tuple] = {}
+    if isinstance(axes, Mapping):
+        items = []
+        for key, values in axes.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise UsageError(f"axis {key!r} must be given a list of values, got {values!r}; e.g. "
+                                 f"axes={{{key!r}: [V1, V2]}} or --vary {key}=V1,V2")
+            items.append((str(key), tuple(values)))
+    else:
+        items = []
+        for item in axes or ():
+            key, sep, text = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise UsageError(f"--vary expects KEY=V1,V2,... (e.g. --vary data.train_size=100,300,1000), "
+                                 f"got {item!r}")
+            if not text.strip():
+                raise UsageError(f"--vary {key}= lists no values; give them: --vary {key}=V1,V2,...")
+            values = []
+            for piece in split_axis_values(text):
+                if not piece.strip():
+                    raise UsageError(f"--vary {item}: an empty value (two commas, or one at an end); "
+                                     f"list the values as --vary {key}=V1,V2,...")
+                ((key, value),) = parse_overrides([f"{key}={piece}"]).items()  # --set's parser, --set's key rules
+                values.append(value)
+            if key in {k for k, _ in items}:
+                raise UsageError(f"--vary {key} is given twice; list all its values in one --vary {key}=V1,V2,...")
+            items.append((key, tuple(values)))
+    for key, values in items:
+        scope = key.split(".", 1)[0]
+        if scope == "executor" or key == "save_models":
+            raise UsageError(f"--vary {key}: how trials run is not an axis of trials; set it once with --set "
+                             f"{key}=VALUE")
+        if key in settings:
+            raise UsageError(f"{key} is given by --set (or a shortcut such as --epochs) and by --vary; drop one "
+                             f"of them")
+        if not values:
+            raise UsageError(f"--vary {key} lists no values; give them: --vary {key}=V1,V2,...")
+        for i, value in enumerate(values):
+            for earlier in values[:i]:
+                if _same_value(value, earlier):
+                    again = "" if setting_text(value) == setting_text(earlier) else f" (as {setting_text(value)})"
+                    raise UsageError(f"--vary {key} lists {setting_text(earlier)} twice{again}; list each value "
+                                     f"once")
+        parsed[key] = values
+    return parsed
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as settings: ``1`` and ``1.0`` are one value (they normalise to one trial), ``1`` and ``true`` not."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def axis_value_text(value: Any) -> str:
+    """An axis value as ``--vary`` text that parses back to exactly that value (a comma inside it is quoted)."""
+    text = setting_text(value)
+    return text if len(split_axis_values(text)) == 1 else json.dumps(value)
 
 
 def command_line(argv: list[str] | None = None) -> str:

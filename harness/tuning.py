@@ -29,7 +29,7 @@ from tlbench.plan import Trial, build_trials, check_seeds
 from tlbench.registry import Plugins
 from tlbench.search_space import (Axis, check_search_space, configurations, ordered_axes, sample_configurations,
                                   search_space)
-from tlbench.spec import DEFAULT_BUDGET, RunSpec, TuneSpec
+from tlbench.spec import AXES_NOT_TUNED, DEFAULT_BUDGET, RunSpec, TuneSpec
 from tlbench.store import ResultStore, default_results_dir
 from tlbench.sweeps import Candidate, Sweep, choose, validation_score
 from tlbench.types import UsageError
@@ -292,6 +292,8 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
     :class:`UsageError` before anything runs.
     """
     tuning = tuning or TuneSpec()
+    if spec.axes:
+        raise UsageError(AXES_NOT_TUNED)
     selection_seeds, seeds, first_seed = tuning.selection_seeds, spec.seeds, spec.first_seed
     check_seeds(first_seed, selection_seeds + seeds)
     reporter = reporter or Reporter()

@@ -64,6 +64,8 @@ def test_a_bad_tuning_spec_is_refused(fields, message):
      "--set", "full.lr=0.0003", "--set", "data.augment=none", "--set", "data.split_seed=trial"],
     ["-s", "lp-ft", "--retry-failed", "--executor", "process", "--device", "cpu", "--set", "executor.workers=2",
      "--results-dir", "/tmp/somewhere", "--set", "head_init=zeros"],
+    ["-s", "full", "--set", "epochs=2", "--vary", "data.train_size=100,300,1000", "--vary", "full.lr=1e-4,1e-3",
+     "--vary", 'data.augment=none,"a,b",[1,2]'],
 ])
 def test_the_cli_builds_the_spec_its_arguments_describe(args):
     spec, tuning = cli_spec(args)
