@@ -115,9 +115,13 @@ def _row_names(groups: Sequence[dict[str, Any]]) -> list[str]:
     return names
 
 
+def _seed_order(seed: Any) -> tuple[int, str]:
+    return (int(seed), "") if isinstance(seed, int) else (1 << 62, str(seed))
+
+
 def collect(records: Iterable[Any], across: str, sweeps: Sequence[Any] = ()) -> dict[str, dict[str, dict]]:
-    """block -> task -> row name -> {"name": strategy, "scores": [ok test top-1 per seed]} (a configuration with
-    only failed trials is there with no scores)."""
+    """block -> task -> row name -> {"name": strategy, "scores": [ok test top-1 per seed, by seed]} (a
+    configuration with only failed trials is there with no scores)."""
     if across not in AXES:
         raise UsageError(f"unknown --across {across!r}; choose from {', '.join(AXES)}")
     by_cell: dict[tuple[str, str], list[Any]] = defaultdict(list)
@@ -129,7 +133,8 @@ def collect(records: Iterable[Any], across: str, sweeps: Sequence[Any] = ()) -> 
         groups = group_records(own, sweeps=[s for s in sweeps if s.dataset == dataset])
         cell: dict[str, dict] = {}
         for name, group in zip(_row_names(groups), groups):
-            scores = [float(v) for v in (get(r, METRIC) for r in group["ok"])
+            ok = sorted(group["ok"], key=lambda r: _seed_order(get(r, "trial.seed")))
+            scores = [float(v) for v in (get(r, METRIC) for r in ok)
                       if isinstance(v, (int, float)) and math.isfinite(v)]
             cell[name] = {"name": group.get("name") or group["strategy"], "scores": scores}
         out[block][task] = cell
@@ -138,13 +143,15 @@ def collect(records: Iterable[Any], across: str, sweeps: Sequence[Any] = ()) -> 
 
 def _pick_reference(block: AcrossBlock, reference: str | None) -> None:
     """Marks the reference row: ``reference`` by label, else by strategy name (one match); by default ``full``
-    when it is complete, else the best-ranked strategy."""
+    when it is complete (and one configuration), else the best-ranked strategy."""
     complete = block.complete
     if not complete:
         block.reference_note = "no strategy has scores on every task: no ranks, no probability of improvement"
         return
     wanted = reference or "full"
     matches = [r for r in block.rows if r.strategy == wanted] or [r for r in block.rows if r.name == wanted]
+    if len(matches) > 1 and reference is None:
+        matches = []  # several configurations of full: the default falls back to the best-ranked
     if len(matches) > 1:
         raise UsageError(f"--vs {wanted!r} matches several configurations ({', '.join(r.strategy for r in matches)})"
                          f"; give one of these labels")

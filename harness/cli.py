@@ -409,8 +409,14 @@ def plugins() -> None:
 @click.option("--columns", default=None, help="Comma-separated columns (see --help-columns).")
 @click.option("--wide", is_flag=True, help="All measurement columns (FLOPs, params, top-5, cache...).")
 @click.option("--vs", "reference", default=None, metavar="STRATEGY",
-              help="Paired comparison with this strategy: per-seed difference, bootstrap 95% interval, P(better).")
-XX, is_flag=True, help="List the available columns and exit.")
+              help="Paired comparison with this strategy: per-seed difference, bootstrap 95% interval, P(better); "
+                   "with --across, the reference of P(better) [default: full, else the best-ranked].")
+@click.option("--across", type=click.Choice(ACROSS_AXES), default=None,
+              help="One table over tasks (datasets per backbone, backbones per dataset, or every dataset x "
+                   "backbone cell): mean top-1, mean rank, IQM with a stratified-bootstrap 95% CI, P(better).")
+@click.option("--candidates", is_flag=True,
+              help="Also list the configurations --tune tried only to choose (on their selection seeds).")
+@click.option("--help-columns", is_flag=True, help="List the available columns and exit.")
 @click.option("--help-formats", is_flag=True, help="List the available formats (plugins' too) and exit.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
