@@ -1,6 +1,8 @@
 """The statistics of the leaderboard and the report, the one owner of them: the Student t quantile and the t-interval
-of a mean over seeds, and paired comparisons of two strategies run on the same seeds and splits (the per-seed
-difference, its mean with a percentile-bootstrap 95% interval, numpy only, and the probability of improvement).
+of a mean over seeds, paired comparisons of two strategies run on the same seeds and splits (the per-seed
+difference, its mean with a percentile-bootstrap 95% interval, numpy only, and the probability of improvement), and
+the comparisons across tasks (mean ranks, IQM with a stratified bootstrap, rliable's probability of improvement,
+Friedman, Nemenyi and the critical difference; scipy and scikit-posthocs, the ``report`` extra).
 
 Pairing by seed removes what the two trials share (the split, the initial head, the batch order), so a difference
 smaller than the seed-to-seed spread of either strategy can still be real; an interval that covers 0 says it is not
@@ -217,12 +219,15 @@ def average_probability_of_improvement(pairs: Sequence[tuple[Sequence[float], Se
 
 def friedman_test(task_scores: np.ndarray | Sequence[Sequence[float]]) -> tuple[float, float]:
     """Friedman's chi-square statistic and p-value over tasks x strategies (scipy): the null hypothesis is that
-    every strategy has the same expected rank. Needs 3 or more strategies and 2 or more tasks."""
+    every strategy has the same expected rank. Needs 3 or more strategies and 2 or more tasks; when every strategy
+    ties on every task nothing tells them apart (statistic 0, p 1)."""
     from scipy.stats import friedmanchisquare  # deferred: the report extra
 
     scores = np.asarray(task_scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] < 2 or scores.shape[1] < 3:
         raise ValueError(f"the Friedman test needs at least 2 tasks and 3 strategies, got shape {scores.shape}")
+    if np.all(scores == scores[:, :1]):  # every strategy ties on every task: scipy would divide by zero
+        return 0.0, 1.0
     result = friedmanchisquare(*scores.T)
     return float(result.statistic), float(result.pvalue)
 

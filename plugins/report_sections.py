@@ -410,8 +410,8 @@ def _critical_difference(block: Any, context: ReportContext) -> str:
     means = block.task_means()
     statistic, p = friedman_test(means)
     friedman = (f"Friedman test over {n} tasks and {k} strategies (scipy): chi-square {statistic:.2f}, "
-                f"p = {p:.3g}" + (". p >= 0.05: the ranks are not distinguishable, so no pairwise difference below "
-                                  "is supported; the groups are shown as the post-hoc test computes them."
+                f"p = {p:.3g}" + (". p >= 0.05: the ranks are not distinguishable, so no pairwise difference is "
+                                  "supported; the diagram shows the groups as the post-hoc test computes them."
                                   if p >= 0.05 else " < 0.05: some strategies rank differently."))
     if not module_available("scikit_posthocs"):
         return _notes([friedman, f"No critical-difference diagram: the Nemenyi test needs scikit-posthocs, which is "

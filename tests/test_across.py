@@ -125,6 +125,7 @@ def test_friedman_matches_scipy_and_demsars_formula_from_the_mean_ranks():
     n, k = scores.shape
     ranks = stats.mean_ranks(scores)  # Demšar 2006 eq. (chi2_F) without ties
     assert statistic == pytest.approx(12 * n / (k * (k + 1)) * (np.sum(ranks ** 2) - k * (k + 1) ** 2 / 4))
+    assert stats.friedman_test([[0.5, 0.5, 0.5], [0.7, 0.7, 0.7]]) == (0.0, 1.0), "all tied: no evidence"
     with pytest.raises(ValueError, match="3 strategies"):
         stats.friedman_test(scores[:, :2])
 
