@@ -14,6 +14,7 @@ import click
 from tabulate import tabulate
 
 from tlbench import export as exporting
+from tlbench.across import AXES as ACROSS_AXES, render_across
 from tlbench.errors import one_line, printable
 from tlbench.export import load_export
 from tlbench.files import remove_stale_temporaries
@@ -426,7 +427,11 @@ def plugins() -> None:
 @click.option("--columns", default=None, help="Comma-separated columns (see --help-columns).")
 @click.option("--wide", is_flag=True, help="All measurement columns (FLOPs, params, top-5, cache...).")
 @click.option("--vs", "reference", default=None, metavar="STRATEGY",
-              help="Paired comparison with this strategy: per-seed difference, bootstrap 95% interval, P(better).")
+              help="Paired comparison with this strategy: per-seed difference, bootstrap 95% interval, P(better); "
+                   "with --across, the reference of P(better) [default: full, else the best-ranked].")
+@click.option("--across", type=click.Choice(ACROSS_AXES), default=None,
+              help="One table over tasks (datasets per backbone, backbones per dataset, or every dataset x "
+                   "backbone cell): mean top-1, mean rank, IQM with a stratified-bootstrap 95% CI, P(better).")
 @click.option("--candidates", is_flag=True,
               help="Also list the configurations --tune tried only to choose (on their selection seeds).")
 @click.option("--help-columns", is_flag=True, help="List the available columns and exit.")
@@ -434,7 +439,8 @@ def plugins() -> None:
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
 def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, reference: str | None,
-                candidates: bool, help_columns: bool, help_formats: bool, results_dir: Path | None) -> None:
+                across: str | None, candidates: bool, help_columns: bool, help_formats: bool,
+                results_dir: Path | None) -> None:
     """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy; after
     `tlbench run --tune`, the tuned rows follow the others, with a "tuning" column."""
     if help_columns:
@@ -451,6 +457,11 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
+    if across is not None:
+        if columns or wide or candidates:
+            _fail("--across prints its own columns; leave out --columns, --wide and --candidates")
+        _echo(render_across(store.records(), across, fmt, formats, reference, dataset, store.sweeps()))
+        return
     text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats,
                   sweeps=store.sweeps(), candidates=candidates)
     if not text:

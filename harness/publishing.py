@@ -58,10 +58,13 @@ class ReportSection:
     """``render(context) -> str``: an HTML fragment for one dataset ("" leaves the section out). Sections appear in
     ascending ``order`` (built-ins use 10, 20, ... 100), each under its ``title``. ``requires`` maps optional
     modules the section imports to an install hint (see :mod:`tlbench.requirements`): while one is missing the
-    report shows a note in the section's place, and says so once."""
+    report shows a note in the section's place, and says so once. ``scope``: ``"dataset"`` renders the section once
+    per dataset; ``"all"`` once over every dataset's records, under "Across tasks" after the datasets (its context's
+    ``dataset`` is "" and its ``table`` empty: such a section computes what it shows from ``records``)."""
 
     name: str
     title: str
     order: int
     render: Callable[[ReportContext], str]
     requires: Mapping[str, Any] = field(default_factory=dict)
+    scope: str = "dataset"

@@ -18,13 +18,14 @@ from typing import Any, Callable, Iterable, Sequence
 from tlbench.errors import printable
 from tlbench.leaderboard import (build_table, check_reference, group_id, group_records, is_reference,
                                  paired_comparisons, variance_note)
-from tlbench.publishing import ReportContext, ReportSection
+from tlbench.publishing import LeaderboardTable, ReportContext, ReportSection
 from tlbench.record_fields import as_dict, get
 from tlbench.requirements import Extra, missing_requirements, module_available
 from tlbench.store import atomic_write_text
 from tlbench.types import UsageError
 from tlbench.version import __version__
 
+ACROSS_ANCHOR = "across-tasks"  # the heading of the sections with scope "all"
 REPORT_COLUMNS = ("test", "n", "ci95", "val", "train_ips", "eval_ips", "memory", "trainable", "time", "status")
 
 STYLE = """
@@ -139,27 +140,37 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
     if not records:
         raise UsageError(f"no records{f' in {source!r}' if source else ''}; run `tlbench run` first or pass "
                          f"--results-dir")
-    contexts = dataset_contexts(records, reference, dataset, lambda fig, alt: embed_figure(fig, alt), sweeps)
-    ordered = sorted(sections, key=lambda s: (s.order, s.name))
+    figure: Callable[[Any, str], str] = embed_figure
+    contexts = dataset_contexts(records, reference, dataset, figure, sweeps)
+    ordered = sorted((s for s in sections if s.scope != "all"), key=lambda s: (s.order, s.name))
+    overall = sorted((s for s in sections if s.scope == "all"), key=lambda s: (s.order, s.name))
     body = []
     left_out: dict[str, str] = {}  # section name -> what it needs
-    with (progress or (lambda label, total: nullcontext(None)))("report", len(contexts) * len(ordered)) as bar:
+    total = len(contexts) * len(ordered) + len(overall)
+    with (progress or (lambda label, total: nullcontext(None)))("report", total) as bar:
         for context in contexts:
             anchor = _anchor(context.dataset)
             body.append(f'<h2 id="{anchor}">{html.escape(context.dataset)}</h2>')
             for section in ordered:
-                fragment = _render_section(section, context, left_out)
-                if fragment:
-                    body.append(f'<section class="section" data-section="{html.escape(section.name)}" '
-                                f'id="{anchor}-{_anchor(section.name)}"><h3>{html.escape(section.title)}</h3>'
-                                f'{fragment}</section>')
+                body.append(_section_html(section, _render_section(section, context, left_out), anchor))
                 if bar is not None:
                     bar.update(1)
+        shown = [r for context in contexts for r in context.records]
+        across = ReportContext("", shown, LeaderboardTable([], []), reference, {}, "", figure)
+        fragments = []
+        for section in overall:
+            fragments.append(_section_html(section, _render_section(section, across, left_out), ACROSS_ANCHOR))
+            if bar is not None:
+                bar.update(1)
+        if any(fragments):
+            body.append(f'<h2 id="{ACROSS_ANCHOR}">Across tasks</h2>' + "".join(fragments))
     if left_out and warn is not None:
         needs = sorted(set(left_out.values()))
         warn(f"the report leaves out {len(left_out)} section(s) ({', '.join(sorted(left_out))}): they need "
              f"{'; '.join(needs)}")
     nav = " ".join(f'<a href="#{_anchor(c.dataset)}">{html.escape(c.dataset)}</a>' for c in contexts)
+    if any(f'id="{ACROSS_ANCHOR}"' in part for part in body):
+        nav += f' <a href="#{ACROSS_ANCHOR}">across tasks</a>'
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -170,6 +181,13 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
             f"{f' from {html.escape(source)}' if source else ''}; written {created} by tlbench {__version__}. "
             f"Paired comparisons against <code>{html.escape(reference)}</code>.</p><nav>{nav}</nav>"
             + "".join(body) + "</body></html>\n")
+
+
+def _section_html(section: ReportSection, fragment: str, anchor: str) -> str:
+    if not fragment:
+        return ""
+    return (f'<section class="section" data-section="{html.escape(section.name)}" id="{anchor}-'
+            f'{_anchor(section.name)}"><h3>{html.escape(section.title)}</h3>{fragment}</section>')
 
 
 def _render_section(section: ReportSection, context: ReportContext, left_out: dict[str, str]) -> str:

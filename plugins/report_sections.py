@@ -12,10 +12,13 @@ from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 from tlbench import ReportContext, ReportSection, hookimpl
+from tlbench.across import STATISTICS, across_blocks, across_table, collect
 from tlbench.leaderboard import leaderboard_rows
 from tlbench.record_fields import get, processor_label
+from tlbench.errors import printable
 from tlbench.report import PLOTS, configuration_name
 from tlbench.requirements import module_available
+from tlbench.stats import critical_difference, friedman_test, nemenyi_p_values, not_different_runs
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -372,6 +375,99 @@ def reproduce_section(context: ReportContext) -> str:
             f"</code>.</p>")
 
 
+# --------------------------------------------------------------------------------------------- across tasks
+def across_section(context: ReportContext) -> str:
+    """Over every dataset x backbone cell of the report (``tlbench leaderboard --across cells``): the table of
+    mean top-1, mean rank, IQM with its stratified-bootstrap interval and P(better), then the Friedman test and a
+    critical-difference diagram. Nothing with fewer than 2 tasks."""
+    cells = collect(context.records, "cells").get("", {})
+    if len(cells) < 2:
+        return ""
+    if not module_available("scipy"):
+        return _notes([f"Left out: the statistics across tasks need scipy, which is not installed; install it "
+                       f"with {STATISTICS}."])
+    wanted = context.reference if any(context.reference in (name, entry["name"]) for cell in cells.values()
+                                      for name, entry in cell.items()) else None
+    blocks = across_blocks(context.records, "cells", wanted)
+    table = across_table(blocks, "cells")
+    headers = list(table.rows[0])
+    numeric = [i for i, h in enumerate(headers) if h in ("mean test top-1 %", "mean rank", "IQM %")]
+    return (_table(headers, [[printable(str(row[h])) for h in headers] for row in table.rows], "across", numeric)
+            + _notes(table.notes) + _critical_difference(blocks[0], context))
+
+
+def _critical_difference(block: Any, context: ReportContext) -> str:
+    """The Friedman test over the per-task means and the diagram of mean ranks with Nemenyi's groups, or one line
+    saying why it is absent."""
+    complete = block.complete
+    k, n = len(complete), len(block.tasks)
+    if k < 3:
+        return _notes([f"No critical-difference diagram: it needs 3 or more strategies with scores on every task "
+                       f"(here {k}); the Friedman test is not defined for fewer."])
+    means = block.task_means()
+    statistic, p = friedman_test(means)
+    friedman = (f"Friedman test over {n} tasks and {k} strategies (scipy): chi-square {statistic:.2f}, "
+                f"p = {p:.3g}" + (". p >= 0.05: the ranks are not distinguishable, so no pairwise difference is "
+                                  "supported; the diagram shows the groups as the post-hoc test computes them."
+                                  if p >= 0.05 else " < 0.05: some strategies rank differently."))
+    if not module_available("scikit_posthocs"):
+        return _notes([friedman, f"No critical-difference diagram: the Nemenyi test needs scikit-posthocs, which is "
+                                 f"not installed; install it with {STATISTICS}."])
+    if not module_available("matplotlib"):
+        return _notes([friedman, f"No critical-difference diagram: it is drawn with matplotlib; install it with "
+                                 f"{PLOTS}."])
+    ranks = [row.mean_rank for row in complete]
+    runs = not_different_runs(ranks, nemenyi_p_values(means))
+    cd = critical_difference(k, n)
+    names = [printable(row.strategy) for row in complete]
+    figure = context.figure(_cd_figure(names, ranks, runs, cd),
+                            f"Critical-difference diagram: mean rank over {n} tasks (1 = best); a bar joins "
+                            f"strategies the Nemenyi test does not tell apart at alpha 0.05 (CD = {cd:.2f}).")
+    return figure + _notes([friedman, (
+        f"Nemenyi post-hoc test (scikit-posthocs' posthoc_nemenyi_friedman) on the per-task means of the "
+        f"{k} strategies with scores on every task; critical difference CD = q_0.05 x sqrt(k(k+1)/(6N)) = "
+        f"{cd:.2f} for k = {k}, N = {n} (Demšar 2006, q_0.05 from its Table 5). With few tasks the test has "
+        f"little power: a bar says 'not shown different', not 'equal'.")])
+
+
+def _cd_figure(names: Sequence[str], ranks: Sequence[float], runs: Sequence[tuple[int, int]], cd: float) -> Any:
+    """Demšar's diagram: the mean-rank axis (1 on the left), each strategy's rank marked and labelled (the better
+    half on the left, the rest on the right), thick bars under the axis for the groups not significantly
+    different, and the critical difference drawn to scale above it."""
+    plt = _plt()
+    k = len(names)
+    order = sorted(range(k), key=lambda i: (ranks[i], names[i]))
+    left, right = order[:(k + 1) // 2], order[(k + 1) // 2:]
+    bar_step, line_step = 0.12, 0.28
+    first_label = -(bar_step * (len(runs) + 1) + 0.15)
+    lowest = first_label - line_step * max(len(left), len(right))
+    fig, ax = plt.subplots(figsize=(7.5, max(1.8, 1.2 + 1.6 * -lowest)))
+    ax.set_xlim(1, k)
+    ax.set_ylim(lowest - 0.1, 0.75)
+    ax.axis("off")
+    ax.plot([1, k], [0, 0], color="#1d232b", lw=1.2)
+    for tick in range(1, k + 1):
+        ax.plot([tick, tick], [0, 0.06], color="#1d232b", lw=1)
+        ax.text(tick, 0.1, str(tick), ha="center", va="bottom", fontsize=8)
+    ax.plot([1, 1 + cd], [0.5, 0.5], color="#b3261e", lw=2, solid_capstyle="butt")
+    for x in (1, 1 + cd):
+        ax.plot([x, x], [0.45, 0.55], color="#b3261e", lw=1.2)
+    ax.text(1 + cd / 2, 0.58, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8, color="#b3261e")
+    for j, (first, last) in enumerate(runs):
+        y = -bar_step * (j + 1)
+        ax.plot([ranks[order[first]] - 0.03, ranks[order[last]] + 0.03], [y, y], color="#1d232b", lw=3.5,
+                solid_capstyle="round")
+    for side, members in (("left", left), ("right", right)):
+        for line, i in enumerate(members if side == "left" else reversed(members)):
+            y = first_label - line_step * line
+            end = 1 - 0.12 if side == "left" else k + 0.12
+            ax.plot([ranks[i], ranks[i], end], [0, y, y], color="#5b6672", lw=0.9, clip_on=False)
+            ax.scatter([ranks[i]], [0], s=18, color="#1d232b", zorder=3, clip_on=False)
+            ax.text(end - 0.05 if side == "left" else end + 0.05, y, f"{names[i]} ({ranks[i]:.2f})",
+                    ha="right" if side == "left" else "left", va="center", fontsize=8, clip_on=False)
+    return fig
+
+
 NEEDS_MATPLOTLIB = {"matplotlib": PLOTS}  # the sections that are plots only
 BUILTIN_SECTIONS = [
     ReportSection("leaderboard", "Leaderboard", 10, leaderboard_section),
@@ -389,6 +485,7 @@ BUILTIN_SECTIONS = [
     ReportSection("protocol", "Protocol", 80, protocol_section),
     ReportSection("environment", "Environment", 90, environment_section),
     ReportSection("reproduce", "Reproduce", 100, reproduce_section),
+    ReportSection("across", "Strategies across tasks", 10, across_section, scope="all"),
 ]
 
 
