@@ -29,10 +29,11 @@ from tlbench.search_space import search_space
 from tlbench.spec import DEFAULT_BUDGET, RunSpec, TuneSpec
 from tlbench.splits import DataWarning
 from tlbench.store import ResultStore, default_results_dir
+from tlbench.suites import describe_protocol
 from tlbench.tuning import tune_grid
 from tlbench.types import UsageError
 
-LIST_KINDS = ("strategies", "backbones", "datasets", "executors")
+LIST_KINDS = ("strategies", "backbones", "datasets", "executors", "suites")
 
 
 def _plugins():
@@ -206,6 +207,9 @@ def _weights_note(record: Any) -> str:
                    f"default {', '.join(DEFAULT_BACKBONES)}).")
 @click.option("-d", "--dataset", "datasets", multiple=True,
               help=f"Dataset, e.g. fashion-mnist, imagefolder:PATH (repeatable; default {DEFAULT_DATASET}).")
+@click.option("--suite", default=None, metavar="NAME",
+              help="Run a suite's tasks (see `tlbench list suites`), each with its split protocol; -d then picks "
+                   "tasks of the suite.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Number of seeds per configuration.")
 @click.option("--seed", "first_seed", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--epochs", type=int, default=None, help="Shortcut for --set epochs=N.")
@@ -243,7 +247,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         seeds: int, first_seed: int, epochs: int | None, settings: tuple[str, ...], results_dir: Path | None,
         executor: str, workers: int | None, device: str | None, use_compile: bool, deterministic: bool,
         force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool, tune_budget: int | None,
-        selection_seeds: int | None, save_models: str) -> None:
+        selection_seeds: int | None, save_models: str, suite: str | None) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
     The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command
@@ -269,7 +273,7 @@ def spec_from_options(options: dict[str, Any]) -> tuple[RunSpec, TuneSpec | None
                    executor_options={"workers": o["workers"]} if o["workers"] is not None else {},
                    results_dir=o["results_dir"], device=o["device"], progress="off" if o["quiet"] else "auto",
                    redo="all" if o["force"] else "failed" if o["retry_failed"] else "none",
-                   save_models=o["save_models"])
+                   save_models=o["save_models"], suite=o["suite"])
     tuning = TuneSpec(budget=DEFAULT_BUDGET if o["tune_budget"] is None else o["tune_budget"],
                       selection_seeds=1 if o["selection_seeds"] is None else o["selection_seeds"]) if o["tune"] else None
     return spec, tuning
@@ -343,6 +347,9 @@ def list_(kind: str | None, wide: bool) -> None:
                   "executors": plugins.executors}
     width = shutil.get_terminal_size().columns
     for name in [kind] if kind else LIST_KINDS:
+        if name == "suites":
+            _list_suites(plugins, wide, width)
+            continue
         registry = registries[name]
         unavailable = registry.unavailable()
         rows = []
@@ -367,6 +374,35 @@ def list_(kind: str | None, wide: bool) -> None:
         for item_name, hint in unavailable.items():
             _echo(f"* {item_name} is unavailable here: it needs an optional package: {hint}")
         _echo()
+
+
+def _list_suites(plugins: Any, wide: bool, width: int) -> None:
+    """``tlbench list suites``: per suite its groups with their tasks and the split protocol; a task whose dataset
+    is unknown or needs an optional package here is marked with *, with the reason below."""
+    datasets = plugins.datasets
+    unavailable = datasets.unavailable()
+    rows, footnotes = [], []
+    for name, suite in plugins.suites.items():
+        marked = {}
+        for task in suite.tasks:
+            family = task.dataset.split(":", 1)[0]
+            why = (unavailable.get(family) if family in datasets.names()
+                   else f"dataset {family!r} is not registered here")
+            marked[task.name] = task.name + (" *" if why else "")
+            if why:
+                footnotes.append(f"* {name}: {task.name} cannot run here: {why}")
+        groups = "; ".join(f"{group}: {', '.join(marked[t.name] for t in suite.tasks if t.group == group)}"
+                           for group in suite.groups)
+        rows.append([name, suite.description, groups, describe_protocol(suite), plugins.suites.owner(name)])
+    headers = ["name", "description", "groups: tasks", "split protocol (data.*)", "plugin"]
+    _echo("suites:")
+    _echo(tabulate(rows if wide else _fit_to_width(rows, headers, width), headers=headers, tablefmt="simple"))
+    for line in footnotes:
+        _echo(line)
+    for name, suite in plugins.suites.items():
+        if suite.notes:
+            _echo(textwrap.fill(f"{name}: {suite.notes}", width) if not wide else f"{name}: {suite.notes}")
+    _echo()
 
 
 def _fit_to_width(rows: list[list[str]], headers: list[str], width: int) -> list[list[str]]:

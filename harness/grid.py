@@ -29,6 +29,7 @@ from tlbench.runner import TrialRunner
 from tlbench.spec import RunSpec
 from tlbench.splits import available_memory
 from tlbench.store import ResultStore, default_results_dir
+from tlbench.suites import chosen_tasks, find_suite, suite_trials
 from tlbench.types import UsageError
 
 DEFAULT_DATASET = "fashion-mnist"
@@ -222,6 +223,8 @@ class GridNames:
     backbones: list[str]
     datasets: list[tuple[str, Any]]
     left_out: dict[str, str] = field(default_factory=dict)
+    suite: Any = None  # the tlbench.Suite of a --suite run
+    tasks: list[tuple[Any, Any]] = field(default_factory=list)  # its chosen (SuiteTask, dataset family) pairs
 
     def left_out_lines(self) -> list[str]:
         return [f"left out {name}: it needs an optional package: {hint}" for name, hint in self.left_out.items()]
@@ -245,6 +248,12 @@ def resolve_names(plugins: Plugins, spec: RunSpec) -> GridNames:
     backbone_names = list(spec.backbones) or list(DEFAULT_BACKBONES)
     for name in backbone_names:
         plugins.backbones.resolve(name, hint)
+    if spec.suite is not None:
+        suite = find_suite(plugins, spec.suite)
+        tasks = [(task, plugins.datasets.resolve(task.dataset, hint)[0])
+                 for task in chosen_tasks(suite, spec.datasets)]
+        datasets = list(dict.fromkeys((task.dataset, family) for task, family in tasks))
+        return GridNames(chosen_strategies, backbone_names, datasets, left_out, suite, tasks)
     dataset_names = list(spec.datasets) or [DEFAULT_DATASET]
     chosen_datasets = [(name, plugins.datasets.resolve(name, hint)[0]) for name in dataset_names]
     return GridNames(chosen_strategies, backbone_names, chosen_datasets, left_out)
@@ -349,12 +358,18 @@ def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugin
     chosen_executor = plugins.executors.get(spec.executor, plugins.failure_hint())
     options = executor_options(chosen_executor, spec.executor_options)
     if trials is None:
-        check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies) * spec.seeds,
+        tasks = len(names.tasks) if names.suite is not None else len(names.datasets)
+        check_grid_size(tasks * len(names.backbones) * len(names.strategies) * spec.seeds,
                         f"{len(names.strategies)} strategy(ies) x {len(names.backbones)} backbone(s) x "
-                        f"{len(names.datasets)} dataset(s) x {spec.seeds} seed(s)", "lower --seeds")
-        trials = build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
-                              seeds=spec.seed_range, overrides=spec.settings,
-                              registered_strategies=dict(plugins.strategies.items()))
+                        f"{tasks} dataset(s) x {spec.seeds} seed(s)", "lower --seeds")
+        if names.suite is not None:
+            trials = suite_trials(names.suite, names.tasks, backbones=names.backbones, strategies=names.strategies,
+                                  seeds=spec.seed_range, overrides=spec.settings,
+                                  registered_strategies=dict(plugins.strategies.items()))
+        else:
+            trials = build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
+                                  seeds=spec.seed_range, overrides=spec.settings,
+                                  registered_strategies=dict(plugins.strategies.items()))
     else:
         trials = list(trials)
 
