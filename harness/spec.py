@@ -41,7 +41,8 @@ class RunSpec:
     and where results go (results folder, which records run again, which trained weights are kept).
 
     ``strategies`` empty means every registered strategy that can run here; ``backbones`` / ``datasets`` empty mean
-    the defaults (with ``suite``: every task of that suite, or the tasks ``datasets`` names). ``settings``: ``--set`` strings (``["epochs=2", "full.lr=3e-4", "data.train_size=500"]``) or the
+    the defaults (with ``suite``: every task of that suite, or the tasks ``datasets`` names). ``settings``:
+    ``--set`` strings (``["epochs=2", "full.lr=3e-4", "data.train_size=500"]``) or the
     same as a mapping; ``executor.<option>`` keys move to ``executor_options`` and ``save_models`` to its field, so
     after construction ``settings`` holds only what defines trials. ``redo``: "none" (skip trials with a record),
     "failed" (``--retry-failed``) or "all" (``--force``). ``save_models``: "none" (the library default), "best" or

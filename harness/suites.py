@@ -1,9 +1,9 @@
 """Suites as runs: ``tlbench run --suite NAME`` turns a registered :class:`tlbench.Suite` into ordinary trials.
 
 Each task is its dataset with the suite's split protocol as data options (what ``--set data.KEY=VALUE`` sets; the
-run's own ``--set`` still wins, and the trial's label then shows it), and its trials carry ``suite`` (name, task,
-group) in their identity: a suite's trials are its own records, resumed like any grid. ``-d`` with ``--suite``
-runs only the named tasks of the suite.
+run's own ``--set`` still wins, and the trial's label then shows what differs from the suite), and its trials carry
+``suite`` (name, task, group) in their identity: a suite's trials are its own records, resumed like any grid.
+``-d`` with ``--suite`` runs only the named tasks of the suite.
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def suite_trials(suite: Suite, tasks: Sequence[tuple[SuiteTask, Any]], *, backbo
                  strategies: Sequence[tuple[str, Any]], seeds: Sequence[int], overrides: Mapping[str, Any],
                  registered_strategies: Any = ()) -> list[Trial]:
     """The trials of ``tasks`` ((task, dataset family) pairs) with the suite's split protocol under the run's
-    ``overrides``; labels show only what differs from the suite's protocol."""
+    ``overrides``; labels show only what differs from the suite's protocol (so a re-run, which sets every option,
+    keeps the label)."""
     trials: list[Trial] = []
     for task, family in tasks:
         protocol = {f"data.{key}": value for key, value in task.options.items()}
@@ -64,8 +65,8 @@ def suite_trials(suite: Suite, tasks: Sequence[tuple[SuiteTask, Any]], *, backbo
         except UsageError as exc:
             raise UsageError(f"suite {suite.name!r}, task {task.name!r}: {exc}") from None
         for trial in built:
-            label_overrides = {key: value for key, value in trial.overrides.items()
-                               if not (key in protocol and key not in overrides
+            label_overrides = {key: value for key, value in trial.overrides.items()  # the suite's own: unsaid
+                               if not (key in protocol
                                        and trial.data_options.get(key[len("data."):]) == protocol[key])}
             trials.append(Trial(trial.dataset, trial.backbone, trial.strategy, trial.seed, trial.protocol,
                                 trial.hparams, trial.data_options, label_overrides, suite_of(suite, task)))

@@ -266,7 +266,7 @@ def hook_signature(name: str) -> str:
 
 def test_every_hook_is_documented_with_its_exact_signature():
     page = read("docs/reference/hooks.md")
-    assert HOOKS and len(HOOKS) == 8
+    assert HOOKS and len(HOOKS) == 9
     for name in HOOKS:
         assert f"`{hook_signature(name)}`" in page, f"docs/reference/hooks.md must show `{hook_signature(name)}`"
         assert f"### `{name}`" in page
