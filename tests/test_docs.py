@@ -79,7 +79,7 @@ def records_in(directory: Path) -> list[dict]:
 def test_every_plugin_kind_has_an_example_file():
     assert EXAMPLE_MODULES == ["example_backbone", "example_dataset", "example_executor",
                                "example_leaderboard_format", "example_record_hook", "example_report_section",
-                               "example_strategy"]
+                               "example_strategy", "example_suite"]
 
 
 def test_batch_strategy_example_trains_on_the_batch(install_examples, tmp_path, tiny_backbone):

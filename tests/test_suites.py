@@ -329,3 +329,22 @@ def test_offline_small_runs_end_to_end_and_resumes(tmp_path, tiny_backbone):
     assert all(r.trial.data["val_size"] == 10 and r.data["sizes"]["train"] == 20 for r in records)
     second = invoke(*args)
     assert second.exit_code == 0 and "2 trial(s), 2 already done, 0 to run" in second.output
+
+
+def test_the_guide_example_suite_loads_and_lists(tmp_path, monkeypatch):
+    """docs/examples/example_suite.py, installed as a plugin: registered without a problem, listed by group."""
+    monkeypatch.delenv("TLBENCH_DISABLE_PLUGINS", raising=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
+    dist = tmp_path / "example_suite-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: example-suite\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tlbench]\nfew-shot-offline = example_suite\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = Plugins()
+    assert plugins.info["few-shot-offline"].error is None
+    suite = find_suite(plugins, "few-shot-offline")
+    assert [t.name for t in chosen_tasks(suite, ["fashion-mnist"])] == ["fashion-100", "fashion-1000"]
+    line = next(line for line in invoke("list", "suites", "--wide").output.splitlines()
+                if line.startswith("few-shot-offline"))
+    assert "clothing: fashion-100, fashion-1000; handwriting: digits" in line
+    assert "train_size: fashion-1000 1000, others 100" in line
