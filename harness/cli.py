@@ -29,7 +29,7 @@ from tlbench.search_space import search_space
 from tlbench.spec import DEFAULT_BUDGET, RunSpec, TuneSpec
 from tlbench.splits import DataWarning
 from tlbench.store import ResultStore, default_results_dir
-from tlbench.suites import describe_protocol
+from tlbench.suites import describe_protocol, find_suite, suite_table
 from tlbench.tuning import tune_grid
 from tlbench.types import UsageError
 
@@ -447,12 +447,15 @@ def plugins() -> None:
               help="Paired comparison with this strategy: per-seed difference, bootstrap 95% interval, P(better).")
 @click.option("--candidates", is_flag=True,
               help="Also list the configurations --tune tried only to choose (on their selection seeds).")
+@click.option("--suite", default=None, metavar="NAME",
+              help="A suite's view: per strategy each task's test top-1, the group means and the overall means.")
 @click.option("--help-columns", is_flag=True, help="List the available columns and exit.")
 @click.option("--help-formats", is_flag=True, help="List the available formats (plugins' too) and exit.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
 def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, reference: str | None,
-                candidates: bool, help_columns: bool, help_formats: bool, results_dir: Path | None) -> None:
+                candidates: bool, help_columns: bool, help_formats: bool, results_dir: Path | None,
+                suite: str | None) -> None:
     """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy; after
     `tlbench run --tune`, the tuned rows follow the others, with a "tuning" column."""
     if help_columns:
@@ -469,6 +472,14 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
+    if suite is not None:
+        if fmt not in formats:
+            _fail(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+        table = suite_table(store.records(), find_suite(_plugins(), suite))
+        if not table.rows:
+            _fail(f"no ok records of suite {suite!r} in {str(store.root)!r}; run `tlbench run --suite {suite}` first")
+        _echo(formats[fmt].render(table))
+        return
     text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats,
                   sweeps=store.sweeps(), candidates=candidates)
     if not text:

@@ -3,7 +3,8 @@
 Each task is its dataset with the suite's split protocol as data options (what ``--set data.KEY=VALUE`` sets; the
 run's own ``--set`` still wins, and the trial's label then shows what differs from the suite), and its trials carry
 ``suite`` (name, task, group) in their identity: a suite's trials are its own records, resumed like any grid.
-``-d`` with ``--suite`` runs only the named tasks of the suite.
+``-d`` with ``--suite`` runs only the named tasks of the suite. ``tlbench leaderboard --suite NAME`` is the view PEFT
+papers print for VTAB-1k: per configuration each task's test top-1, each group's mean and the overall means.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import difflib
 from typing import Any, Mapping, Sequence
 
 from tlbench.plan import Trial, build_trials
+from tlbench.publishing import LeaderboardTable
+from tlbench.record_fields import get
 from tlbench.types import Suite, SuiteTask, UsageError
 
 
@@ -91,3 +94,50 @@ def describe_protocol(suite: Suite) -> str:
 
 def _text(value: Any) -> str:
     return "none" if value is None else str(value)
+
+
+def suite_table(records: Any, suite: Suite) -> LeaderboardTable:
+    """Per backbone x strategy label: each task's test top-1 (mean over its ok seeds), each group's mean over its
+    tasks, the mean over all tasks and the mean of the group means (VTAB-1k papers print one or the other). A group
+    or overall mean with a task missing is left empty rather than averaged over fewer tasks."""
+    scores: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for record in records:
+        if get(record, "status") != "ok" or get(record, "trial.suite.name") != suite.name:
+            continue
+        task, score = get(record, "trial.suite.task"), get(record, "metrics.test_top1")
+        if task in {t.name for t in suite.tasks} and score is not None:
+            config = (str(get(record, "trial.backbone")), str(get(record, "trial.label")))
+            scores.setdefault(config, {}).setdefault(task, []).append(float(score))
+    rows, values = [], []
+    for (backbone, label), by_task in sorted(scores.items()):
+        task_means = {t.name: _mean(by_task[t.name]) if t.name in by_task else None for t in suite.tasks}
+        group_means = {g: _mean_or_none([task_means[t.name] for t in suite.tasks if t.group == g])
+                       for g in suite.groups}
+        overall = _mean_or_none(list(task_means.values()))
+        of_groups = _mean_or_none(list(group_means.values()))
+        values.append({"backbone": backbone, "strategy": label,
+                       "tasks": {name: {"mean": mean, "n": len(by_task.get(name, []))}
+                                 for name, mean in task_means.items()},
+                       "groups": group_means, "mean_of_tasks": overall, "mean_of_groups": of_groups})
+        row = {"backbone": backbone, "strategy": label}
+        row |= {name: _percent(mean) for name, mean in task_means.items()}
+        row |= {f"{group} mean": _percent(mean) for group, mean in group_means.items()}
+        row |= {"mean (tasks)": _percent(overall), "mean (groups)": _percent(of_groups)}
+        rows.append(row)
+    seeds = sorted({n for value in values for task in value["tasks"].values() if (n := task["n"])})
+    notes = [f"suite {suite.name}: test top-1 %, each task the mean over its seeds ({'/'.join(map(str, seeds))} "
+             f"seed(s)); a group's mean averages its tasks; mean (tasks) over all {len(suite.tasks)} tasks, mean "
+             f"(groups) over the {len(suite.groups)} group means; empty where a task has no ok record"]
+    return LeaderboardTable(rows, values, notes)
+
+
+def _mean(scores: Sequence[float]) -> float:
+    return sum(scores) / len(scores)
+
+
+def _mean_or_none(means: Sequence[float | None]) -> float | None:
+    return None if not means or any(m is None for m in means) else _mean([m for m in means if m is not None])
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}"

@@ -2,6 +2,7 @@
 placed where torchvision looks, `tlbench list suites`, and `tlbench run --suite` end to end with resume."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import textwrap
@@ -301,6 +302,13 @@ def test_a_suite_run_records_suite_task_and_group_resumes_and_reruns(tmp_path, t
     assert [r.key for r in redone.records] == [record.key] and redone.records[0].trial.label == record.trial.label
     assert ["--suite", "two"] == rerun.arguments()[1:3]
 
+    view = invoke("leaderboard", "--suite", "two", "--results-dir", tmp_path, "--format", "simple").output
+    header = next(line for line in view.splitlines() if line.startswith("backbone"))
+    assert header.split()[2:] == ["two-class", "four-class", "easy", "mean", "hard", "mean", "mean", "(tasks)", "mean",
+                                  "(groups)"]
+    assert "no ok records of suite 'offline-small'" in one_error_line(
+        invoke("leaderboard", "--suite", "offline-small", "--results-dir", tmp_path))
+
 
 def test_a_suite_trial_is_its_own_record_and_records_without_a_suite_still_load():
     plain = record_dict()
@@ -348,3 +356,33 @@ def test_the_guide_example_suite_loads_and_lists(tmp_path, monkeypatch):
                 if line.startswith("few-shot-offline"))
     assert "clothing: fashion-100, fashion-1000; handwriting: digits" in line
     assert "train_size: fashion-1000 1000, others 100" in line
+
+
+def suite_record(task: str, group: str, seed: int, test_top1: float, strategy: str = "full", suite: str = "s"):
+    key = hashlib.sha256(f"{task} {seed} {strategy} {suite}".encode()).hexdigest()[:20]
+    record = record_dict(key=key, strategy=strategy, seed=seed, test_top1=test_top1)
+    record["trial"]["suite"] = {"name": suite, "task": task, "group": group}
+    return record
+
+
+def test_the_suite_view_averages_seeds_then_tasks_then_groups_and_leaves_incomplete_means_empty():
+    from tlbench.suites import suite_table
+
+    suite = Suite("s", "d", [SuiteTask("a", "natural"), SuiteTask("b", "natural"), SuiteTask("c", "structured")])
+    records = [suite_record("a", "natural", 0, 0.50), suite_record("a", "natural", 1, 0.70),  # a: 0.60
+               suite_record("b", "natural", 0, 0.90),                                          # b: 0.90
+               suite_record("c", "structured", 0, 0.30), suite_record("c", "structured", 1, 0.40),  # c: 0.35
+               suite_record("a", "natural", 0, 0.99, suite="other"),  # another suite's record: not counted
+               suite_record("a", "natural", 0, 0.10, strategy="frozen")]  # frozen lacks b and c
+    table = suite_table(records, suite)
+    full = next(v for v in table.values if v["strategy"] == "full")
+    assert full["tasks"]["a"] == {"mean": pytest.approx(0.60), "n": 2}
+    assert full["groups"] == {"natural": pytest.approx(0.75), "structured": pytest.approx(0.35)}
+    assert full["mean_of_tasks"] == pytest.approx((0.60 + 0.90 + 0.35) / 3)
+    assert full["mean_of_groups"] == pytest.approx((0.75 + 0.35) / 2)
+    frozen_row = next(r for r in table.rows if r["strategy"] == "frozen")
+    assert frozen_row["a"] == "10.0" and frozen_row["b"] == "" and frozen_row["natural mean"] == ""
+    assert frozen_row["mean (tasks)"] == "" and list(frozen_row)[2:] == ["a", "b", "c", "natural mean",
+                                                                         "structured mean", "mean (tasks)",
+                                                                         "mean (groups)"]
+    assert "1/2 seed(s)" in table.notes[0]
