@@ -386,3 +386,79 @@ def test_the_suite_view_averages_seeds_then_tasks_then_groups_and_leaves_incompl
                                                                          "structured mean", "mean (tasks)",
                                                                          "mean (groups)"]
     assert "1/2 seed(s)" in table.notes[0]
+
+
+# ------------------------------------------------- the torchvision datasets VTAB-1k added, on files where they look
+def test_svhn_reads_its_mat_files_channels_first(tmp_path, monkeypatch, offline):
+    import scipy.io
+    from torchvision.datasets import SVHN
+
+    monkeypatch.setenv("TLBENCH_DATA_DIR", str(tmp_path / "data"))
+    folder = tmp_path / "data" / "svhn"
+    folder.mkdir(parents=True)
+    for name, count in (("train_32x32.mat", 40), ("test_32x32.mat", 20)):
+        images = np.zeros((32, 32, 3, count), dtype=np.uint8)  # SVHN's layout: H, W, C, N
+        images[:, :, 0, :] = np.arange(count, dtype=np.uint8) * 5  # red = 5 x the image's number
+        labels = np.array([[10 if i % 10 == 0 else i % 10] for i in range(count)])  # SVHN calls 0 "10"
+        scipy.io.savemat(folder / name, {"X": images, "y": labels})
+    monkeypatch.setattr(SVHN, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(SVHN, "download", lambda self: None)
+    svhn = family("svhn")
+    splits = svhn.load(None, {**svhn.defaults, "train_size": 20, "val_size": 10})
+    assert splits.sizes == {"train": 20, "val": 10, "test": 20} and splits.classes == [str(d) for d in range(10)]
+    assert splits.train_images.shape == (20, 3, 32, 32)
+    numbers = splits.train_images[:, 0, 5, 5].long() // 5  # channels came out in the right place
+    assert (splits.train_labels == numbers % 10).all() and splits.train_images[:, 1:].max() == 0
+
+
+def test_caltech101_carves_its_splits_leaves_out_the_background_and_decodes_grey_images(tmp_path, monkeypatch,
+                                                                                         offline):
+    monkeypatch.setenv("TLBENCH_DATA_DIR", str(tmp_path / "data"))
+    base = tmp_path / "data" / "caltech101" / "101_ObjectCategories"
+    for number, name in enumerate(("BACKGROUND_Google", "accordion", "airplanes", "anchor")):
+        for i in range(1, 11):
+            mode = "L" if i % 2 else "RGB"  # Caltech-101 mixes grey and colour files
+            save(Image.new(mode, (6, 5), 60 * number if mode == "L" else (60 * number,) * 3),
+                 base / name / f"image_{i:04d}.jpg")
+    caltech = family("caltech101")
+    splits = caltech.load(None, {**caltech.defaults, "val_size": 6, "test_size": 9, "storage_size": 4})
+    assert splits.classes == ["accordion", "airplanes", "anchor"]
+    assert splits.sizes == {"train": 15, "val": 6, "test": 9} and splits.train_images.shape == (15, 3, 4, 4)
+    grey = splits.train_images[:, :, 2, 2].float()
+    assert all(abs(value - 60 * (label + 1)) < 8 for value, label in zip(grey[:, 0].tolist(),
+                                                                        splits.train_labels.tolist()))
+
+
+def test_sun397_reads_class_names_and_carves_its_splits(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("TLBENCH_DATA_DIR", str(tmp_path / "data"))
+    base = tmp_path / "data" / "SUN397"
+    names = ["/a/abbey", "/b/beach", "/c/castle/indoor"]
+    for number, name in enumerate(names):
+        for i in range(8):
+            save(Image.new("RGB", (5, 5), (70 * number, 0, 0)), base / name.strip("/") / f"sun_{i}.jpg")
+    (base / "ClassName.txt").write_text("\n".join(names) + "\n")
+    sun = family("sun397")
+    splits = sun.load(None, {**sun.defaults, "train_size": 12, "val_size": 3, "test_size": 6})
+    assert splits.classes == ["abbey", "beach", "castle/indoor"] and splits.sizes == {"train": 12, "val": 3,
+                                                                                     "test": 6}
+    assert splits.test_labels.bincount().tolist() == [2, 2, 2]
+
+
+def test_clevr_count_is_8_classes_tested_on_the_official_val_split(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("TLBENCH_DATA_DIR", str(tmp_path / "data"))
+    base = tmp_path / "data" / "clevr" / "CLEVR_v1.0"
+    for shade, (split, count) in enumerate((("train", 24), ("val", 8))):
+        scenes = []
+        for i in range(count):
+            name = f"CLEVR_{split}_{i:06d}.png"
+            save(Image.new("RGB", (6, 4), (120 * shade, 0, 0)), base / "images" / split / name)
+            scenes.append({"image_filename": name, "objects": [{}] * (3 + i % 8)})
+        (base / "scenes").mkdir(parents=True, exist_ok=True)
+        (base / "scenes" / f"CLEVR_{split}_scenes.json").write_text(json.dumps({"scenes": scenes}))
+    clevr = family("clevr-count")
+    splits = clevr.load(None, {**clevr.defaults, **builtin_suites.VTAB_1K_SUITE.task("clevr-count").options,
+                               "train_size": 16, "val_size": 8})
+    assert splits.classes == [str(n) for n in range(3, 11)]
+    assert splits.sizes == {"train": 16, "val": 8, "test": 8}
+    assert sorted(splits.test_labels.tolist()) == list(range(8))  # 3..10 objects as classes 0..7
+    assert splits.train_images[:, 0].max() < 20 and splits.test_images[:, 0].min() > 100  # test = official val
