@@ -462,3 +462,46 @@ def test_clevr_count_is_8_classes_tested_on_the_official_val_split(tmp_path, mon
     assert splits.sizes == {"train": 16, "val": 8, "test": 8}
     assert sorted(splits.test_labels.tolist()) == list(range(8))  # 3..10 objects as classes 0..7
     assert splits.train_images[:, 0].max() < 20 and splits.test_images[:, 0].min() > 100  # test = official val
+
+
+def test_run_suite_builds_the_spec_and_its_arguments_ask_for_it_again():
+    from tlbench.cli import run, spec_from_options
+
+    def cli_spec(args):
+        with run.make_context("run", list(args)) as ctx:
+            return spec_from_options(ctx.params)[0]
+
+    spec = cli_spec(["--suite", "vtab-1k", "-s", "frozen", "-d", "dtd", "--seeds", "3", "--set", "epochs=2"])
+    assert spec.suite == "vtab-1k" and spec.datasets == ("dtd",) and spec.seeds == 3
+    again = cli_spec(spec.arguments()[1:])
+    assert again.suite == spec.suite and again.datasets == spec.datasets and again.settings == spec.settings
+    assert cli_spec(["-s", "frozen"]).suite is None
+    with pytest.raises(UsageError, match="suite must be a name"):
+        RunSpec(suite="")
+
+
+def test_vtab_1k_plans_one_trial_per_task_with_its_split_protocol_and_plain_labels():
+    from tlbench.grid import resolve_names
+    from tlbench.plan import build_trials
+    from tlbench.suites import suite_trials
+
+    plugins = Plugins(load_third_party=False)
+    spec = RunSpec(strategies=["frozen"], backbones=["efficientnet_lite0"], suite="vtab-1k", seeds=2)
+    names = resolve_names(plugins, spec)
+    trials = suite_trials(names.suite, names.tasks, backbones=names.backbones, strategies=names.strategies,
+                          seeds=spec.seed_range, overrides=spec.settings)
+    assert len(trials) == 9 * 2 and {t.label for t in trials} == {"frozen"}
+    by_task = {t.suite["task"]: t for t in trials if t.seed == 0}
+    assert by_task["cifar100"].data_options["train_size"] == 800 and by_task["cifar100"].data_options["test_size"] == 0
+    assert by_task["eurosat"].data_options["test_size"] == 5400 and by_task["sun397"].data_options["val_size"] == 200
+    assert all(t.data_options["image_size"] is None for t in trials)
+    assert by_task["clevr-count"].suite == {"name": "vtab-1k", "task": "clevr-count", "group": "structured"}
+    plain = RunSpec(strategies=["frozen"], backbones=["efficientnet_lite0"], datasets=["cifar100"])
+    outside = build_trials(datasets=resolve_names(plugins, plain).datasets, backbones=plain.backbones,
+                           strategies=names.strategies, seeds=[0], overrides=dict(VTAB_SETTINGS))
+    assert outside[0].data_options == by_task["cifar100"].data_options  # the same trial outside the suite...
+    assert outside[0].key != by_task["cifar100"].key  # ...is another record: a suite's trials are its own
+    assert "suite" not in outside[0].to_record()
+
+
+VTAB_SETTINGS = {"data.train_size": 800, "data.val_size": 200, "data.test_size": 0, "data.image_size": None}
