@@ -30,10 +30,11 @@ from tlbench.search_space import search_space
 from tlbench.spec import AXES_NOT_TUNED, DEFAULT_BUDGET, DEFAULT_EXTENSIONS, RunSpec, TuneSpec
 from tlbench.splits import DataWarning
 from tlbench.store import ResultStore, default_results_dir
+from tlbench.suites import describe_protocol, find_suite, suite_table
 from tlbench.tuning import budget_lines, tune_grid
 from tlbench.types import UsageError
 
-LIST_KINDS = ("strategies", "backbones", "datasets", "executors")
+LIST_KINDS = ("strategies", "backbones", "datasets", "executors", "suites")
 
 
 def _plugins():
@@ -207,6 +208,9 @@ def _weights_note(record: Any) -> str:
                    f"default {', '.join(DEFAULT_BACKBONES)}).")
 @click.option("-d", "--dataset", "datasets", multiple=True,
               help=f"Dataset, e.g. fashion-mnist, imagefolder:PATH (repeatable; default {DEFAULT_DATASET}).")
+@click.option("--suite", default=None, metavar="NAME",
+              help="Run a suite's tasks (see `tlbench list suites`), each with its split protocol; -d then picks "
+                   "tasks of the suite.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Number of seeds per configuration.")
 @click.option("--seed", "first_seed", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--epochs", type=int, default=None, help="Shortcut for --set epochs=N.")
@@ -253,7 +257,7 @@ def run(run_all: bool, strategies: tuple[str, ...], backbones: tuple[str, ...], 
         results_dir: Path | None, executor: str, workers: int | None, device: str | None, use_compile: bool,
         deterministic: bool, force: bool, retry_failed: bool, quiet: bool, fmt: str, tune: bool,
         tune_budget: int | None, selection_seeds: int | None, save_models: str, tune_extensions: int | None,
-        tune_halving: bool) -> None:
+        tune_halving: bool, suite: str | None) -> None:
     """Run a grid of trials: dataset x backbone x strategy x seed. Finished trials are skipped.
 
     The grid logic is the library call ``tlbench.run_grid`` (``tlbench.tune_grid`` with --tune); this command
@@ -283,7 +287,7 @@ def spec_from_options(options: dict[str, Any]) -> tuple[RunSpec, TuneSpec | None
                    executor_options={"workers": o["workers"]} if o["workers"] is not None else {},
                    results_dir=o["results_dir"], device=o["device"], progress="off" if o["quiet"] else "auto",
                    redo="all" if o["force"] else "failed" if o["retry_failed"] else "none",
-                   save_models=o["save_models"], axes=o["axes"])
+                   save_models=o["save_models"], axes=o["axes"], suite=o["suite"])
     tuning = TuneSpec(budget=DEFAULT_BUDGET if o["tune_budget"] is None else o["tune_budget"],
                       selection_seeds=1 if o["selection_seeds"] is None else o["selection_seeds"],
                       extensions=DEFAULT_EXTENSIONS if o.get("tune_extensions") is None else o["tune_extensions"],
@@ -362,6 +366,9 @@ def list_(kind: str | None, wide: bool) -> None:
                   "executors": plugins.executors}
     width = shutil.get_terminal_size().columns
     for name in [kind] if kind else LIST_KINDS:
+        if name == "suites":
+            _list_suites(plugins, wide, width)
+            continue
         registry = registries[name]
         unavailable = registry.unavailable()
         rows = []
@@ -386,6 +393,35 @@ def list_(kind: str | None, wide: bool) -> None:
         for item_name, hint in unavailable.items():
             _echo(f"* {item_name} is unavailable here: it needs an optional package: {hint}")
         _echo()
+
+
+def _list_suites(plugins: Any, wide: bool, width: int) -> None:
+    """``tlbench list suites``: per suite its groups with their tasks and the split protocol; a task whose dataset
+    is unknown or needs an optional package here is marked with *, with the reason below."""
+    datasets = plugins.datasets
+    unavailable = datasets.unavailable()
+    rows, footnotes = [], []
+    for name, suite in plugins.suites.items():
+        marked = {}
+        for task in suite.tasks:
+            family = task.dataset.split(":", 1)[0]
+            why = (unavailable.get(family) if family in datasets.names()
+                   else f"dataset {family!r} is not registered here")
+            marked[task.name] = task.name + (" *" if why else "")
+            if why:
+                footnotes.append(f"* {name}: {task.name} cannot run here: {why}")
+        groups = "; ".join(f"{group}: {', '.join(marked[t.name] for t in suite.tasks if t.group == group)}"
+                           for group in suite.groups)
+        rows.append([name, suite.description, groups, describe_protocol(suite), plugins.suites.owner(name)])
+    headers = ["name", "description", "groups: tasks", "split protocol (data.*)", "plugin"]
+    _echo("suites:")
+    _echo(tabulate(rows if wide else _fit_to_width(rows, headers, width), headers=headers, tablefmt="simple"))
+    for line in footnotes:
+        _echo(line)
+    for name, suite in plugins.suites.items():
+        if suite.notes:
+            _echo(textwrap.fill(f"{name}: {suite.notes}", width) if not wide else f"{name}: {suite.notes}")
+    _echo()
 
 
 def _fit_to_width(rows: list[list[str]], headers: list[str], width: int) -> list[list[str]]:
@@ -434,13 +470,15 @@ def plugins() -> None:
                    "backbone cell): mean top-1, mean rank, IQM with a stratified-bootstrap 95% CI, P(better).")
 @click.option("--candidates", is_flag=True,
               help="Also list the configurations --tune tried only to choose (on their selection seeds).")
+@click.option("--suite", default=None, metavar="NAME",
+              help="A suite's view: per strategy each task's test top-1, the group means and the overall means.")
 @click.option("--help-columns", is_flag=True, help="List the available columns and exit.")
 @click.option("--help-formats", is_flag=True, help="List the available formats (plugins' too) and exit.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
 def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, reference: str | None,
                 across: str | None, candidates: bool, help_columns: bool, help_formats: bool,
-                results_dir: Path | None) -> None:
+                results_dir: Path | None, suite: str | None) -> None:
     """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy; after
     `tlbench run --tune`, the tuned rows follow the others, with a "tuning" column."""
     if help_columns:
@@ -457,10 +495,20 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
+    if across is not None and suite is not None:
+        _fail("--across and --suite are two views; choose one")
     if across is not None:
         if columns or wide or candidates:
             _fail("--across prints its own columns; leave out --columns, --wide and --candidates")
         _echo(render_across(store.records(), across, fmt, formats, reference, dataset, store.sweeps()))
+        return
+    if suite is not None:
+        if fmt not in formats:
+            _fail(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+        table = suite_table(store.records(), find_suite(_plugins(), suite))
+        if not table.rows:
+            _fail(f"no ok records of suite {suite!r} in {str(store.root)!r}; run `tlbench run --suite {suite}` first")
+        _echo(formats[fmt].render(table))
         return
     text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats,
                   sweeps=store.sweeps(), candidates=candidates)

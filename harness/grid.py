@@ -31,6 +31,7 @@ from tlbench.runner import TrialRunner
 from tlbench.spec import RunSpec, setting_text
 from tlbench.splits import available_memory
 from tlbench.store import ResultStore, default_results_dir
+from tlbench.suites import chosen_tasks, find_suite, suite_trials
 from tlbench.types import UsageError
 
 DEFAULT_DATASET = "fashion-mnist"
@@ -224,6 +225,8 @@ class GridNames:
     backbones: list[str]
     datasets: list[tuple[str, Any]]
     left_out: dict[str, str] = field(default_factory=dict)
+    suite: Any = None  # the tlbench.Suite of a --suite run
+    tasks: list[tuple[Any, Any]] = field(default_factory=list)  # its chosen (SuiteTask, dataset family) pairs
 
     def left_out_lines(self) -> list[str]:
         return [f"left out {name}: it needs an optional package: {hint}" for name, hint in self.left_out.items()]
@@ -247,6 +250,12 @@ def resolve_names(plugins: Plugins, spec: RunSpec) -> GridNames:
     backbone_names = list(spec.backbones) or list(DEFAULT_BACKBONES)
     for name in backbone_names:
         plugins.backbones.resolve(name, hint)
+    if spec.suite is not None:
+        suite = find_suite(plugins, spec.suite)
+        tasks = [(task, plugins.datasets.resolve(task.dataset, hint)[0])
+                 for task in chosen_tasks(suite, spec.datasets)]
+        datasets = list(dict.fromkeys((task.dataset, family) for task, family in tasks))
+        return GridNames(chosen_strategies, backbone_names, datasets, left_out, suite, tasks)
     dataset_names = list(spec.datasets) or [DEFAULT_DATASET]
     chosen_datasets = [(name, plugins.datasets.resolve(name, hint)[0]) for name in dataset_names]
     return GridNames(chosen_strategies, backbone_names, chosen_datasets, left_out)
@@ -278,10 +287,14 @@ def build_grid_trials(spec: RunSpec, names: GridNames, registered: Mapping[str, 
         if "." in key and scope != "data" and scope not in selected and scope in registered:
             raise UsageError(f"--vary {key} varies nothing: strategy {scope!r} is not in this grid; add -s {scope} "
                              f"or drop the axis")
+
     def build(combination: Mapping[str, Any]) -> list[Trial]:
+        overrides = {**spec.settings, **combination}
+        if names.suite is not None:  # a suite's tasks, each under the suite's split protocol
+            return suite_trials(names.suite, names.tasks, backbones=names.backbones, strategies=names.strategies,
+                                seeds=spec.seed_range, overrides=overrides, registered_strategies=registered)
         return build_trials(datasets=names.datasets, backbones=names.backbones, strategies=names.strategies,
-                            seeds=spec.seed_range, overrides={**spec.settings, **combination},
-                            registered_strategies=registered)
+                            seeds=spec.seed_range, overrides=overrides, registered_strategies=registered)
 
     trials: dict[str, Trial] = {}
     for combination in axis_combinations(spec.axes):
@@ -295,6 +308,9 @@ def build_grid_trials(spec: RunSpec, names: GridNames, registered: Mapping[str, 
             raise UsageError(f"--vary values {shown}: {exc}") from None
         for trial in built:
             trials.setdefault(trial.key, trial)
+    if names.suite is not None:  # in the suite's task order (a dataset may be two tasks)
+        task_order = {task.name: i for i, (task, _) in enumerate(names.tasks)}
+        return sorted(trials.values(), key=lambda t: task_order[t.suite["task"]])
     dataset_order = {name: i for i, (name, _) in enumerate(names.datasets)}
     backbone_order = {name: i for i, name in enumerate(names.backbones)}
     return sorted(trials.values(), key=lambda t: (dataset_order[t.dataset], backbone_order[t.backbone]))
@@ -392,10 +408,10 @@ def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugin
     options = executor_options(chosen_executor, spec.executor_options)
     if trials is None:
         combinations = math.prod(len(values) for values in spec.axes.values())  # 1 without axes
-        check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies) * spec.seeds
-                        * combinations,
+        tasks = len(names.tasks) if names.suite is not None else len(names.datasets)
+        check_grid_size(tasks * len(names.backbones) * len(names.strategies) * spec.seeds * combinations,
                         f"{len(names.strategies)} strategy(ies) x {len(names.backbones)} backbone(s) x "
-                        f"{len(names.datasets)} dataset(s) x {spec.seeds} seed(s)"
+                        f"{tasks} dataset(s) x {spec.seeds} seed(s)"
                         + (f" x {combinations} --vary combination(s)" if spec.axes else ""),
                         "lower --seeds" + (" or list fewer --vary values" if spec.axes else ""))
         trials = build_grid_trials(spec, names, dict(plugins.strategies.items()))

@@ -100,6 +100,18 @@ def register_report_sections(register: Callable) -> None:
 
 
 @hookspec
+def register_suites(register: Callable) -> None:
+    """Register suites: named sets of tasks run as one study (``tlbench run --suite NAME``; ``vtab-1k`` and
+    ``offline-small`` are built in and use this hook too).
+
+    Call ``register(suite)`` with a :class:`tlbench.Suite`: ``name``, ``description``, ``tasks`` (each a
+    :class:`tlbench.SuiteTask`: a dataset name, its group and its split protocol as dataset options), ``groups`` in
+    report order and ``notes`` (what it leaves out and why). The datasets are resolved when the suite runs, so a
+    suite may name datasets of other plugins. Names must be unique. Not firstresult.
+    """
+
+
+@hookspec
 def record_finished(record: dict) -> None:
     """Called with each record the driver has just written (ok, failed or diverged), e.g. to log it to MLflow or
     Weights & Biases. ``record`` is a copy in the JSON layout of the result files. A plugin that raises is reported

@@ -137,11 +137,16 @@ class Trial:
     hparams: Mapping[str, Any]
     data_options: Mapping[str, Any]
     overrides: Mapping[str, Any] = field(default_factory=dict)  # what the user changed from the defaults
+    # the suite the trial belongs to ({"name", "task", "group"}; tlbench.suites), {} outside one: part of the
+    # identity only when set, so a suite's trials are its own and every other key is what it was
+    suite: Mapping[str, Any] = field(default_factory=dict)
 
     def identity(self, with_seed: bool = True) -> dict[str, Any]:
         ident = {"protocol_version": PROTOCOL_VERSION, "dataset": self.dataset, "backbone": self.backbone,
                  "strategy": self.strategy, "protocol": dict(self.protocol), "hparams": dict(self.hparams),
                  "data": dict(self.data_options)}
+        if self.suite:
+            ident["suite"] = dict(self.suite)
         if with_seed:
             ident["seed"] = self.seed
         return ident
@@ -198,7 +203,7 @@ class Trial:
         trial = cls(dataset=recorded["dataset"], backbone=recorded["backbone"], strategy=recorded["strategy"],
                     seed=int(recorded["seed"]), protocol=dict(recorded["protocol"]),
                     hparams=dict(recorded["hparams"]), data_options=dict(recorded["data"]),
-                    overrides=dict(recorded.get("overrides") or {}))
+                    overrides=dict(recorded.get("overrides") or {}), suite=dict(recorded.get("suite") or {}))
         if trial.key != recorded.get("key"):
             raise ValueError(f"the recorded trial {recorded.get('key')} describes trial {trial.key}")
         return trial

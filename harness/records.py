@@ -90,6 +90,7 @@ class TrialInfo:
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
     protocol_version: int = 1
+    suite: dict[str, Any] = field(default_factory=dict)  # {"name", "task", "group"} of a suite's trial, else {}
 
     @classmethod
     def from_json_dict(cls, raw: Any) -> "TrialInfo":
@@ -103,15 +104,28 @@ class TrialInfo:
             group=_need(raw, "group", str, "trial"),
             label=_need(raw, "label", str, "trial", optional=True) or raw["strategy"],
             overrides=_need(raw, "overrides", dict, "trial", optional=True) or {},
-            protocol_version=_need(raw, "protocol_version", int, "trial", optional=True) or 1)
+            protocol_version=_need(raw, "protocol_version", int, "trial", optional=True) or 1,
+            suite=_suite_of(raw))
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.suite:  # records outside a suite keep the layout they always had
+            del out["suite"]
+        return out
 
     @property
     def title(self) -> str:
         """How a trial is named to its user, in progress bars, trial lines and messages."""
         return trial_title(self.dataset, self.backbone, self.label, self.seed)
+
+
+def _suite_of(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``trial.suite``: absent in records made outside a suite (and before suites existed), else its name, task and
+    group as strings."""
+    suite = _need(raw, "suite", dict, "trial", optional=True) or {}
+    for name in ("name", "task", "group") if suite else ():
+        _need(suite, name, str, "trial.suite")
+    return suite
 
 
 def trial_title(dataset: str, backbone: str, label: str, seed: int) -> str:

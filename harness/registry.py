@@ -16,7 +16,7 @@ from tlbench.errors import exception_line
 from tlbench.publishing import LeaderboardFormat, ReportSection
 from tlbench.requirements import missing_requirements
 from tlbench.search_space import check_search_space
-from tlbench.types import BackboneFamily, DatasetFamily, Executor, Strategy, UsageError
+from tlbench.types import BackboneFamily, DatasetFamily, Executor, Strategy, Suite, UsageError
 from tlbench.version import __version__
 
 ENTRY_POINT_GROUP = "tlbench"
@@ -47,6 +47,7 @@ DEFAULT_PLUGINS = (
     "tlbench.plugins.slurm_executor",
     "tlbench.plugins.leaderboard_formats",
     "tlbench.plugins.report_sections",
+    "tlbench.plugins.suites",
 )
 
 T = TypeVar("T")
@@ -165,6 +166,13 @@ def _as_strategy(obj: Any) -> Strategy:
     return obj
 
 
+def _as_suite(obj: Any) -> Suite:
+    if not isinstance(obj, Suite):
+        raise UsageError(f"register_suites got {obj!r:.80}, which is not a tlbench.Suite(name, description, tasks)")
+    obj.check()
+    return obj
+
+
 def _protocol_check(kind: str, protocol: type, members: tuple[str, ...],
                     extra: Callable[[Any], None] = lambda obj: None) -> Callable[[Any], Any]:
     def check(obj: Any) -> Any:
@@ -221,6 +229,7 @@ class Plugins:
                 "leaderboard_format", LeaderboardFormat, ("name", "description", "render")), self._report)
         self.report_sections: Registry[ReportSection] = Registry("report section", "sections", _protocol_check(
             "report_section", ReportSection, ("name", "title", "order", "render")), self._report)
+        self.suites: Registry[Suite] = Registry("suite", "suites", _as_suite, self._report)
         for module_name in DEFAULT_PLUGINS:
             self._add(importlib.import_module(module_name), module_name.rsplit(".", 1)[-1], __version__, True)
         if load_third_party:
@@ -278,6 +287,7 @@ class Plugins:
             "register_executors": self.executors,
             "register_leaderboard_formats": self.leaderboard_formats,
             "register_report_sections": self.report_sections,
+            "register_suites": self.suites,
         }
         for hook_name, registry in hook_to_registry.items():
             caller = getattr(self.pm.hook, hook_name)

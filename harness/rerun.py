@@ -28,9 +28,10 @@ def rerun_spec(record: Record, results_dir: Path, save_models: str = "best") -> 
         settings[f"{trial.strategy}.{key}"] = value
     for key, value in sorted(trial.data.items()):
         settings[f"data.{key}"] = value
-    return RunSpec(strategies=(trial.strategy,), backbones=(trial.backbone,), datasets=(trial.dataset,),
-                   first_seed=trial.seed, settings=settings, results_dir=results_dir, redo="all",
-                   save_models=save_models)
+    suite = trial.suite.get("name")  # a suite's trial: that suite's task (its identity includes the suite)
+    return RunSpec(strategies=(trial.strategy,), backbones=(trial.backbone,),
+                   datasets=(trial.suite["task"] if suite else trial.dataset,), first_seed=trial.seed,
+                   settings=settings, results_dir=results_dir, redo="all", save_models=save_models, suite=suite)
 
 
 def as_it_ran(record: Record, key: str, value: Any) -> Any:

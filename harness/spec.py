@@ -47,7 +47,8 @@ class RunSpec:
     and where results go (results folder, which records run again, which trained weights are kept).
 
     ``strategies`` empty means every registered strategy that can run here; ``backbones`` / ``datasets`` empty mean
-    the defaults. ``settings``: ``--set`` strings (``["epochs=2", "full.lr=3e-4", "data.train_size=500"]``) or the
+    the defaults (with ``suite``: every task of that suite, or the tasks ``datasets`` names). ``settings``:
+    ``--set`` strings (``["epochs=2", "full.lr=3e-4", "data.train_size=500"]``) or the
     same as a mapping; ``executor.<option>`` keys move to ``executor_options`` and ``save_models`` to its field, so
     after construction ``settings`` holds only what defines trials. ``redo``: "none" (skip trials with a record),
     "failed" (``--retry-failed``) or "all" (``--force``). ``save_models``: "none" (the library default), "best" or
@@ -70,6 +71,7 @@ class RunSpec:
     save_models: str = "none"
     command: str | None = None
     axes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    suite: str | None = None  # run a registered suite's tasks (``--suite``); ``datasets`` then picks among them
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen: normalise once)
@@ -81,6 +83,8 @@ class RunSpec:
         check_seeds(self.first_seed, self.seeds)
         if not isinstance(self.executor, str) or not self.executor:
             raise UsageError(f"executor must be a name (see `tlbench list executors`), got {self.executor!r}")
+        if self.suite is not None and (not isinstance(self.suite, str) or not self.suite):
+            raise UsageError(f"suite must be a name (see `tlbench list suites`), got {self.suite!r}")
         if self.progress not in PROGRESS_MODES:
             raise UsageError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {self.progress!r}")
         if self.redo not in REDO:
@@ -115,7 +119,7 @@ class RunSpec:
     def arguments(self) -> list[str]:
         """The ``tlbench run`` arguments that ask for this spec (``tlbench rerun --print-only`` prints them); the
         inverse of how the CLI builds a spec, checked by the tests."""
-        args = ["run"]
+        args = ["run"] + (["--suite", self.suite] if self.suite else [])
         for flag, names in (("-s", self.strategies), ("-b", self.backbones), ("-d", self.datasets)):
             for name in names:
                 args += [flag, name]

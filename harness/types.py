@@ -423,6 +423,84 @@ class DatasetFamily(Protocol):
     def load(self, argument: str | None, options: Mapping[str, Any]) -> ImageSplits: ...
 
 
+# ------------------------------------------------------------------------------------------------------ suites
+SUITE_TASK_FIELDS = ("name", "dataset", "group", "options")
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One task of a :class:`Suite`: a dataset name as ``-d`` takes it (``cifar100``, ``imagefolder:/data/x``), its
+    group (e.g. VTAB's "natural") and its split protocol as dataset options (``{"train_size": 800, "val_size": 200,
+    "test_size": 0}``: what ``--set data.KEY=VALUE`` would set; the user's own ``--set data.*`` still wins).
+    ``name`` tells two tasks of one dataset apart; it defaults to the dataset name."""
+
+    dataset: str
+    group: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.dataset)
+        object.__setattr__(self, "options", dict(self.options))
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named set of tasks run as one study (``tlbench run --suite NAME``), each task a dataset with its split
+    protocol and its group. ``groups`` orders the groups as reports show them (the groups of the tasks, each named
+    once; empty: in the order the tasks first name them). ``notes`` says what the suite leaves out of its source
+    benchmark and why (shown by ``tlbench list suites``). Every trial a suite runs records its suite, task and
+    group (``trial.suite`` in the record)."""
+
+    name: str
+    description: str
+    tasks: Sequence[SuiteTask]
+    groups: Sequence[str] = ()
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        groups = tuple(self.groups) or tuple(dict.fromkeys(getattr(t, "group", None) for t in self.tasks))
+        object.__setattr__(self, "groups", groups)
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` (one line) for a suite that cannot run: no tasks, a task that is not a
+        :class:`SuiteTask`, a task named twice, a group not in ``groups`` or a group never used."""
+        where = f"suite {self.name!r}"
+        if not isinstance(self.description, str):
+            raise UsageError(f"{where}: description must be a string, got {type(self.description).__name__}")
+        if not self.tasks:
+            raise UsageError(f"{where} has no tasks; give it at least one SuiteTask(dataset, group, options)")
+        names: set[str] = set()
+        for task in self.tasks:
+            if not isinstance(task, SuiteTask):
+                raise UsageError(f"{where}: task {task!r:.60} is not a tlbench.SuiteTask(dataset, group, options)")
+            for label, value in (("dataset", task.dataset), ("group", task.group), ("name", task.name)):
+                if not isinstance(value, str) or not value.strip():
+                    raise UsageError(f"{where}: task {task.name!r} needs a non-empty {label} string, got {value!r}")
+            if not isinstance(task.options, Mapping) or not all(isinstance(k, str) for k in task.options):
+                raise UsageError(f"{where}: task {task.name!r} options must map dataset option names to values")
+            if task.name in names:
+                raise UsageError(f"{where} names task {task.name!r} twice; give the tasks distinct names")
+            names.add(task.name)
+        if len(set(self.groups)) != len(self.groups) or not all(isinstance(g, str) for g in self.groups):
+            raise UsageError(f"{where}: groups must be distinct strings, got {list(self.groups)!r}")
+        unknown = [t.group for t in self.tasks if t.group not in self.groups]
+        if unknown:
+            raise UsageError(f"{where}: task group {unknown[0]!r} is not one of its groups "
+                             f"({', '.join(self.groups)}); add it to `groups`")
+        unused = [g for g in self.groups if not any(t.group == g for t in self.tasks)]
+        if unused:
+            raise UsageError(f"{where}: group {unused[0]!r} has no task; drop it from `groups`")
+
+    def task(self, name: str) -> SuiteTask:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(name)
+
+
 # --------------------------------------------------------------------------------------------------- executors
 @runtime_checkable
 class Executor(Protocol):

@@ -1,5 +1,6 @@
-"""Classification datasets that torchvision downloads (``cifar10``, ``flowers102``, ``oxford-pets``, ``dtd``,
-``eurosat``), one registered family each, from the table below.
+"""Classification datasets that torchvision downloads (``cifar10``, ``cifar100``, ``svhn``, ``caltech101``,
+``sun397``, ``flowers102``, ``oxford-pets``, ``dtd``, ``eurosat``, ``clevr-count``), one registered family each,
+from the table below (the VTAB-1k suite, plugins/suites.py, uses them).
 
 Files go to ``$TLBENCH_DATA_DIR`` (default ``<user cache>/tlbench/data``), where torchvision downloads them once.
 Official splits are kept: a size option N takes a stratified subset of N images of the official split, 0 takes all
@@ -14,7 +15,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, DTD, EuroSAT, Flowers102, OxfordIIITPet
+from torchvision.datasets import (CIFAR10, CIFAR100, DTD, SUN397, SVHN, Caltech101, CLEVRClassification, EuroSAT,
+                                  Flowers102, OxfordIIITPet)
 
 from tlbench import ImageSplits, UsageError, hookimpl
 from tlbench.digests import digest_of, files_fingerprint
@@ -35,12 +37,47 @@ class TorchvisionDataset:
     defaults: Mapping[str, Any]
     pool: str = "the official train split"  # what official["train"] holds, for the source record
     int_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # extra int option -> (lowest, highest)
+    labels: Callable[[Any], np.ndarray] | None = None  # the labels 0..C-1 of an opened split (default: labels_of)
+    classes: Callable[[Any], list[str]] | None = None  # the class names (default: the dataset's ``classes``)
 
 
 def _cifar10(train: bool):
     def build(root: str, options: Mapping[str, Any]):
         return CIFAR10(root, train=train, download=True)
     return build
+
+
+def _cifar100(train: bool):
+    def build(root: str, options: Mapping[str, Any]):
+        return CIFAR100(root, train=train, download=True)
+    return build
+
+
+def _svhn(split: str):  # SVHN keeps its .mat files in the root it is given: a folder of their own
+    def build(root: str, options: Mapping[str, Any]):
+        return SVHN(str(Path(root) / "svhn"), split=split, download=True)
+    return build
+
+
+def _caltech101(root: str, options: Mapping[str, Any]):
+    return Caltech101(root, target_type="category", download=True)
+
+
+def _sun397(root: str, options: Mapping[str, Any]):
+    return SUN397(root, download=True)
+
+
+def _clevr(split: str):
+    def build(root: str, options: Mapping[str, Any]):
+        return CLEVRClassification(root, split=split, download=True)
+    return build
+
+
+CLEVR_COUNTS = range(3, 11)  # every CLEVR scene holds 3 to 10 objects: 8 classes, as VTAB's clevr/count
+
+
+def _clevr_labels(dataset: Any) -> np.ndarray:
+    return np.asarray(dataset._labels, dtype=np.int64) - CLEVR_COUNTS[0]
 
 
 def _flowers102(split: str):
@@ -77,6 +114,28 @@ DATASETS = (
         {"train": _cifar10(True), "test": _cifar10(False)},
         _defaults(5000, 1000, 0, None, "crop-flip", 64)),
     TorchvisionDataset(
+        "cifar100", "CIFAR-100: 100 classes of 32x32 photos", "cifar-100-python",
+        {"train": _cifar100(True), "test": _cifar100(False)},
+        _defaults(5000, 1000, 0, None, "crop-flip", 64)),
+    TorchvisionDataset(
+        "svhn", "SVHN: house-number digits 0-9, 32x32 crops (official train and test; no flips)", "svhn",
+        {"train": _svhn("train"), "test": _svhn("test")},
+        _defaults(5000, 1000, 0, None, "none", 64), classes=lambda dataset: [str(d) for d in range(10)]),
+    TorchvisionDataset(
+        "caltech101", "Caltech-101: 101 object categories (the background class left out), no official splits",
+        "caltech101", {"train": _caltech101},
+        _defaults(0, 500, 2500, 256, "crop-flip", None), pool="all images",
+        classes=lambda dataset: list(dataset.categories)),
+    TorchvisionDataset(
+        "sun397", "SUN397: 397 scene categories, no official splits", "SUN397", {"train": _sun397},
+        _defaults(10000, 2000, 10000, 256, "crop-flip", None), pool="all images"),
+    TorchvisionDataset(
+        "clevr-count", "CLEVR count: how many objects (3-10, 8 classes) are in a rendered scene; test = the "
+        "official val split (CLEVR's test split has no labels), val carved from train", "clevr",
+        {"train": _clevr("train"), "test": _clevr("val")},
+        _defaults(5000, 1000, 5000, 256, "flip", None), labels=_clevr_labels,
+        classes=lambda dataset: [str(count) for count in CLEVR_COUNTS]),
+    TorchvisionDataset(
         "flowers102", "Oxford Flowers-102: 102 flower species", "flowers-102",
         {"train": _flowers102("train"), "val": _flowers102("val"), "test": _flowers102("test")},
         _defaults(0, 0, 0, 256, "crop-flip", None)),
@@ -104,8 +163,9 @@ def _describe_sizes(spec: TorchvisionDataset) -> str:
 
 
 def labels_of(dataset: Any) -> np.ndarray:
-    """The labels without decoding any image (``targets`` for CIFAR/ImageFolder, ``_labels`` for the others)."""
-    for attribute in ("targets", "_labels"):
+    """The labels without decoding any image (``targets`` for CIFAR/ImageFolder, ``labels`` for SVHN, ``y`` for
+    Caltech-101, ``_labels`` for the others)."""
+    for attribute in ("targets", "labels", "y", "_labels"):
         if hasattr(dataset, attribute):
             return np.asarray(getattr(dataset, attribute), dtype=np.int64)
     raise TypeError(f"cannot read the labels of {type(dataset).__name__} without decoding it")
@@ -172,10 +232,10 @@ class TorchvisionFamily:
         for split in ("val", "test"):
             if split in official:
                 size = options[f"{split}_size"] or None
-                chosen[split] = (split, stratified_split(labels_of(official[split]), {split: size}, seed)[split])
+                chosen[split] = (split, stratified_split(self.labels(official[split]), {split: size}, seed)[split])
             else:
                 carved[split] = options[f"{split}_size"]
-        for split, index in stratified_split(labels_of(official["train"]), carved, seed).items():
+        for split, index in stratified_split(self.labels(official["train"]), carved, seed).items():
             chosen[split] = ("train", index)
 
         parts = []
@@ -183,7 +243,7 @@ class TorchvisionFamily:
             key, index = chosen[split]
             dataset = official[key]
             parts += [self._images(dataset, key, index, options["storage_size"]),
-                      torch.from_numpy(labels_of(dataset)[index.numpy()])]
+                      torch.from_numpy(self.labels(dataset)[index.numpy()])]
         source = {
             "dataset": self.name, "torchvision": type(official["train"]).__name__, "root": str(data_dir()),
             "splits": {split: self._describe_split(split, key, options) for split, (key, _) in chosen.items()},
@@ -191,7 +251,8 @@ class TorchvisionFamily:
         }
         if "partition" in options:
             source["partition"] = options["partition"]
-        classes = [str(name) for name in official["train"].classes]
+        train = official["train"]
+        classes = [str(name) for name in (self.spec.classes(train) if self.spec.classes else train.classes)]
         return ImageSplits(*parts, classes, source)
 
     def _describe_split(self, split: str, key: str, options: Mapping[str, Any]) -> str:
@@ -202,11 +263,15 @@ class TorchvisionFamily:
                  else f"the official {split} split")
         return f"stratified subset of {whole}" if options[f"{split}_size"] else whole
 
+    def labels(self, dataset: Any) -> np.ndarray:
+        return self.spec.labels(dataset) if self.spec.labels else labels_of(dataset)
+
     def _images(self, dataset: Any, split: str, index: torch.Tensor, storage_size: int | None) -> torch.Tensor:
-        if isinstance(getattr(dataset, "data", None), np.ndarray):  # CIFAR: already decoded, (N, H, W, 3)
-            return to_storage(dataset.data[index.numpy()], storage_size, channels_last=True)
-        images, failures = decode_parallel(index.tolist(), lambda i: fit_image(dataset[i][0], storage_size),
-                                           storage_size)
+        data = getattr(dataset, "data", None)
+        if isinstance(data, np.ndarray):  # already decoded: CIFAR (N, H, W, 3), SVHN (N, 3, H, W)
+            return to_storage(data[index.numpy()], storage_size, channels_last=data.shape[-1] == 3)
+        images, failures = decode_parallel(  # Caltech-101 has grey images among the colour ones
+            index.tolist(), lambda i: fit_image(dataset[i][0].convert("RGB"), storage_size), storage_size)
         if failures:
             first = min(failures)
             raise UsageError(f"{self.name}: cannot decode image {first} of the official {split} split "

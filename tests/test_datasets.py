@@ -54,8 +54,8 @@ def test_every_module_registers_its_families_with_complete_defaults():
     for module in (fashion_mnist, imagefolder, torchvision_datasets, synthetic):
         module.register_datasets(register=registered.append)
     names = [family.name for family in registered]
-    assert names == ["fashion-mnist", "imagefolder", "cifar10", "flowers102", "oxford-pets", "dtd", "eurosat",
-                     "synthetic"]
+    assert names == ["fashion-mnist", "imagefolder", "cifar10", "cifar100", "svhn", "caltech101", "sun397",
+                     "clevr-count", "flowers102", "oxford-pets", "dtd", "eurosat", "synthetic"]
     for family in registered:
         assert isinstance(family, DatasetFamily)
         assert family.description and "\n" not in family.description

@@ -79,7 +79,7 @@ def records_in(directory: Path) -> list[dict]:
 def test_every_plugin_kind_has_an_example_file():
     assert EXAMPLE_MODULES == ["example_backbone", "example_dataset", "example_executor",
                                "example_leaderboard_format", "example_record_hook", "example_report_section",
-                               "example_strategy"]
+                               "example_strategy", "example_suite"]
 
 
 def test_batch_strategy_example_trains_on_the_batch(install_examples, tmp_path, tiny_backbone):
@@ -266,7 +266,7 @@ def hook_signature(name: str) -> str:
 
 def test_every_hook_is_documented_with_its_exact_signature():
     page = read("docs/reference/hooks.md")
-    assert HOOKS and len(HOOKS) == 8
+    assert HOOKS and len(HOOKS) == 9
     for name in HOOKS:
         assert f"`{hook_signature(name)}`" in page, f"docs/reference/hooks.md must show `{hook_signature(name)}`"
         assert f"### `{name}`" in page

@@ -390,13 +390,45 @@ def place_dtd(root: Path) -> tuple[None, dict]:
     return None, {"storage_size": 8}
 
 
+def place_caltech101(root: Path) -> tuple[None, dict]:
+    """What torchvision's Caltech101 reads: caltech101/101_ObjectCategories/<class>/image_<n>.jpg."""
+    for number in range(36):
+        name = ["BACKGROUND_Google", "accordion", "anchor"][number % 3]
+        unique_png(root / "caltech101" / "101_ObjectCategories" / name / f"image_{number // 3 + 1:04d}.jpg", number)
+    return None, {"val_size": 4, "test_size": 6, "storage_size": 8}
+
+
+def place_sun397(root: Path) -> tuple[None, dict]:
+    """What torchvision's SUN397 reads: SUN397/ClassName.txt and SUN397/<letter>/<class>/sun_*.jpg."""
+    for number in range(30):
+        unique_png(root / "SUN397" / ["a/abbey", "b/beach"][number % 2] / f"sun_{number}.jpg", number)
+    (root / "SUN397" / "ClassName.txt").write_text("/a/abbey\n/b/beach\n")
+    return None, {"train_size": 16, "val_size": 4, "test_size": 6, "storage_size": 8}
+
+
+def place_clevr(root: Path) -> tuple[None, dict]:
+    """What torchvision's CLEVRClassification reads: clevr/CLEVR_v1.0/images/<split>/ and scenes/ JSON files."""
+    data = root / "clevr" / "CLEVR_v1.0"
+    for split, numbers in (("train", range(24)), ("val", range(24, 36))):
+        scenes = []
+        for number in numbers:
+            unique_png(data / "images" / split / f"CLEVR_{split}_{number:06d}.png", number)
+            scenes.append({"image_filename": f"CLEVR_{split}_{number:06d}.png", "objects": [{}] * (3 + number % 2)})
+        (data / "scenes").mkdir(parents=True, exist_ok=True)
+        (data / "scenes" / f"CLEVR_{split}_scenes.json").write_text(json.dumps({"scenes": scenes}))
+    return None, {"train_size": 16, "val_size": 4, "test_size": 0, "storage_size": 8}
+
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 OFFLINE = {  # dataset -> how the test gets its files (None: built in or generated)
     "fashion-mnist": None, "synthetic": None, "imagefolder": place_imagefolder, "eurosat": place_eurosat,
-    "oxford-pets": place_pets, "dtd": place_dtd, "digits": None,
+    "oxford-pets": place_pets, "dtd": place_dtd, "digits": None, "caltech101": place_caltech101,
+    "sun397": place_sun397, "clevr-count": place_clevr,
 }
 NOT_OFFLINE = {  # torchvision verifies these files' md5 sums, so a test cannot place stand-ins
     "cifar10": "CIFAR10 checks the md5 of every batch file",
+    "cifar100": "CIFAR100 checks the md5 of its train, test and meta files (tests/test_suites.py patches the check)",
+    "svhn": "SVHN checks the md5 of its .mat files (tests/test_suites.py patches the check)",
     "flowers102": "Flowers102 checks the md5 of imagelabels.mat and setid.mat",
 }
 

@@ -45,7 +45,7 @@ def test_every_hook_is_documented_with_its_exact_signature():
     page = (ROOT / "docs/reference/hooks.md").read_text()
     assert set(HOOKS) == {"register_strategies", "register_backbones", "register_datasets", "register_executors",
                           "register_commands", "register_leaderboard_formats", "register_report_sections",
-                          "record_finished"}
+                          "register_suites", "record_finished"}
     for name in HOOKS:
         signature = f"{name}{inspect.signature(getattr(hookspecs, name))}".replace("'", "")  # annotations as written
         assert f"`{signature}`" in page, f"docs/reference/hooks.md must document `{signature}`"
