@@ -66,6 +66,7 @@ class AcrossBlock:
     rows: list[AcrossRow]
     reference: str = ""
     reference_note: str = ""
+    iqm_note: str = ""
 
     @property
     def complete(self) -> list[AcrossRow]:
@@ -93,10 +94,11 @@ def task_of(record: Any, across: str) -> tuple[str, str]:
 
 
 def _row_names(groups: Sequence[dict[str, Any]]) -> list[str]:
-    """The name of each configuration of one task: its label (``(tuned)`` for a sweep's row); configurations of
-    one label that differ in their data settings (``run --vary data.train_size=...``) add the settings that differ,
-    so the same configuration gets the same name on every task."""
-    base = [g["strategy"] + (" (tuned)" if g.get("tuned") else "") for g in groups]
+    """The name of each configuration of one task: its label (a sweep's row: its strategy and ``(tuned)``, not
+    the configuration it chose, which may differ task by task); configurations of one label that differ in their
+    data settings (``run --vary data.train_size=...``) add the settings that differ, so the same configuration gets
+    the same name on every task."""
+    base = [g["strategy_tuned"] if g.get("tuned") else g["strategy"] for g in groups]
     names = list(base)
     for name in set(base):
         same = [i for i, b in enumerate(base) if b == name]
@@ -161,7 +163,11 @@ def _pick_reference(block: AcrossBlock, reference: str | None) -> None:
     if chosen is None:
         block.reference_note = f"{reference} has no records here: no probability of improvement"
         return
-    if not chosen.complete:
+    if not chosen.complete and reference is None:  # the default full misses a task: the best-ranked instead
+        block.reference_note = (f"{chosen.strategy} misses {', '.join(chosen.missing)}: the reference is the "
+                                f"best-ranked strategy")
+        chosen = complete[0]
+    elif not chosen.complete:
         block.reference_note = (f"{chosen.strategy} misses {', '.join(chosen.missing)}: no probability of "
                                 f"improvement over it")
         return
@@ -185,13 +191,21 @@ def across_blocks(records: Iterable[Any], across: str, reference: str | None = N
             row.missing = [t for t in task_names if t not in row.scores]
         block = AcrossBlock(block_name, task_names, list(rows_by_name.values()))
         complete = block.complete
+        # the IQM pools every task x seed score: with fewer seeds on a task a strategy would weigh it less than the
+        # others do (rliable assumes the same runs per task), so it needs equal seed counts per task
+        equal_runs = all(len({len(row.scores[t]) for row in complete}) == 1 for t in task_names)
+        if complete and not equal_runs:
+            block.iqm_note = ("no IQM: the strategies have different numbers of seeds on some task (the IQM pools "
+                              "task x seed scores, so a task with fewer seeds would weigh less); run the same "
+                              "--seeds for every strategy")
         if complete:
             ranks = mean_ranks(block.task_means())
             for row, rank in zip(complete, ranks):
                 row.mean_rank = float(rank)
                 row.mean = float(np.mean([np.mean(row.scores[t]) for t in task_names]))
-                row.iqm = interquartile_mean([s for t in task_names for s in row.scores[t]])
-                row.iqm_interval = stratified_bootstrap_iqm([row.scores[t] for t in task_names])
+                if equal_runs:
+                    row.iqm = interquartile_mean([s for t in task_names for s in row.scores[t]])
+                    row.iqm_interval = stratified_bootstrap_iqm([row.scores[t] for t in task_names])
         block.rows.sort(key=lambda r: (not r.complete, r.mean_rank if r.mean_rank is not None else 0.0,
                                        -(r.mean or 0.0), r.strategy))
         _pick_reference(block, reference)
@@ -231,7 +245,8 @@ def across_table(blocks: Sequence[AcrossBlock], across: str) -> LeaderboardTable
                 "mean rank": "" if row.mean_rank is None else f"{row.mean_rank:.2f}",
                 "IQM %": _pct(row.iqm),
                 "IQM 95% CI (stratified bootstrap)": (f"[{_pct(interval[0])}, {_pct(interval[1])}]" if interval
-                                                      else ("one seed per task" if row.complete else "")),
+                                                      else ("one seed per task" if row.complete and row.iqm
+                                                            is not None else "")),
                 p_header: ("reference" if row.is_reference else "" if row.probability_of_improvement is None
                            else f"{row.probability_of_improvement:.2f}"),
             })
@@ -257,6 +272,8 @@ def across_notes(blocks: Sequence[AcrossBlock], across: str) -> list[str]:
             line += f"; reference {block.reference}"
         if block.reference_note:
             line += f"; {block.reference_note}"
+        if block.iqm_note:
+            line += f"; {block.iqm_note}"
         incomplete = [r.strategy for r in block.rows if not r.complete]
         if incomplete:
             line += (f"; {len(incomplete)} strateg{'y' if len(incomplete) == 1 else 'ies'} without scores on every "
@@ -273,12 +290,13 @@ def across_notes(blocks: Sequence[AcrossBlock], across: str) -> list[str]:
 
 def render_across(records: Iterable[Any], across: str, fmt: str, formats: Mapping[str, LeaderboardFormat],
                   reference: str | None = None, dataset: str | None = None, sweeps: Sequence[Any] = ()) -> str:
-    """``tlbench leaderboard --across``: the table in format ``fmt``. ``dataset`` keeps that dataset's block
-    (``--across backbones``); with ``--across datasets`` it would leave one task, so it is an error."""
+    """``tlbench leaderboard --across``: the table in format ``fmt``. ``dataset`` keeps that dataset's records
+    (its block with ``--across backbones``, its cells with ``--across cells``); with ``--across datasets`` it would
+    leave one task, so it is an error."""
     if fmt not in formats:
         raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
-    if dataset is not None and across != "backbones":
-        raise UsageError(f"--dataset leaves one dataset, and --across {across} compares over datasets; use "
+    if dataset is not None and across == "datasets":
+        raise UsageError(f"--dataset leaves one dataset, and --across datasets compares over datasets; use "
                          f"--across backbones --dataset {dataset}, or leave out --dataset")
     require_statistics()
     records = [r for r in records if dataset is None or get(r, "trial.dataset") == dataset]

@@ -247,8 +247,8 @@ def _weights_note(record: Any) -> str:
               help="Keep trained weights (the restored best-epoch weights the test split scored) as "
                    "<key>.safetensors beside the records, their sha256 in the record: best = per dataset x backbone "
                    "only the trial best on validation over the results directory's records (never chosen on test), "
-                   "the others pruned when the grid ends; all = every trial; none = no weights. The size is printed per trial (efficientnet_lite0: about 14 MB). "
-                   "Export with `tlbench export`.")
+                   "the others pruned when the grid ends; all = every trial; none = no weights. The size is "
+                   "printed per trial (efficientnet_lite0: about 14 MB). Export with `tlbench export`.")
 @click.option("--selection-seeds", type=int, default=None, metavar="S",
               help="Seeds each configuration is trained on to choose, with --tune [default: 1]; the reporting "
                    "seeds come after them.")
@@ -503,6 +503,9 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
         _echo(render_across(store.records(), across, fmt, formats, reference, dataset, store.sweeps()))
         return
     if suite is not None:
+        if columns or wide or candidates or reference or dataset:
+            _fail("--suite prints each task, its group means and the overall mean; leave out --columns, --wide, "
+                  "--candidates, --vs and --dataset")
         if fmt not in formats:
             _fail(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
         table = suite_table(store.records(), find_suite(_plugins(), suite))

@@ -97,6 +97,7 @@ def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None,
         first = found[0]
         entries.append({"dataset": get(first, "trial.dataset"), "backbone": get(first, "trial.backbone"),
                         "strategy": _label(sweep.reporting_label, first), "name": sweep.strategy,
+                        "strategy_tuned": _label(sweep.strategy, first) + " (tuned)",  # the same on every task
                         "protocol": protocol_of(first), "tuned": True,
                         "tuning": sweep.tuning_text + (f"; {sweep.edge_text}" if getattr(sweep, "edges", None)
                                                        else ""), "sweep": sweep,

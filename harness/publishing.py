@@ -42,6 +42,8 @@ class ReportContext:
     ``comparisons``: strategy label -> :class:`tlbench.stats.PairedComparison` against the reference.
     ``variance``: one line saying which sources of variance the intervals cover.
     ``figure(fig, alt)``: embeds a matplotlib figure as inline SVG (closes it) and returns the HTML.
+    ``sweeps``: the ``tlbench run --tune`` sweeps of these records (``tlbench.sweeps.Sweep``), for sections that
+    group records as the leaderboard does (``group_records(records, sweeps=...)``: tuned rows).
     """
 
     dataset: str
@@ -51,6 +53,7 @@ class ReportContext:
     comparisons: Mapping[str, Any]
     variance: str
     figure: Callable[[Any, str], str]
+    sweeps: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)

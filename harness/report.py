@@ -123,7 +123,8 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
                                                                                       else ""): by_group[group_id(g)]
                            for g in own_groups if by_group[group_id(g)] is not None}
         contexts.append(ReportContext(name, own, table, reference if has_reference else "", comparisons,
-                                      variance_note(own) or "one seed per configuration: no intervals", figure))
+                                      variance_note(own) or "one seed per configuration: no intervals", figure,
+                                      own_sweeps))
     return contexts
 
 
@@ -156,7 +157,8 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
                 if bar is not None:
                     bar.update(1)
         shown = [r for context in contexts for r in context.records]
-        across = ReportContext("", shown, LeaderboardTable([], []), reference, {}, "", figure)
+        across = ReportContext("", shown, LeaderboardTable([], []), reference, {}, "", figure,
+                               [s for context in contexts for s in context.sweeps])
         fragments = []
         for section in overall:
             fragments.append(_section_html(section, _render_section(section, across, left_out), ACROSS_ANCHOR))

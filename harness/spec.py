@@ -53,7 +53,10 @@ class RunSpec:
     after construction ``settings`` holds only what defines trials. ``redo``: "none" (skip trials with a record),
     "failed" (``--retry-failed``) or "all" (``--force``). ``save_models``: "none" (the library default), "best" or
     "all" (``tlbench run --save-models``). ``command``: how to resume, shown when a run stops (default: this
-    process's command line). Bad input raises :class:`UsageError` when the spec is built.
+    process's command line). ``axes``: ``--vary`` strings (``["data.train_size=100,300"]``) or a mapping of a
+    setting to its values; the grid holds every combination, each the trial ``--set`` with those values gives.
+    ``suite``: a registered suite whose tasks the run trains (``--suite``). Bad input raises :class:`UsageError`
+    when the spec is built.
     """
 
     strategies: tuple[str, ...] = ()

@@ -380,15 +380,18 @@ def across_section(context: ReportContext) -> str:
     """Over every dataset x backbone cell of the report (``tlbench leaderboard --across cells``): the table of
     mean top-1, mean rank, IQM with its stratified-bootstrap interval and P(better), then the Friedman test and a
     critical-difference diagram. Nothing with fewer than 2 tasks."""
-    cells = collect(context.records, "cells").get("", {})
+    cells = collect(context.records, "cells", context.sweeps).get("", {})
     if len(cells) < 2:
         return ""
     if not module_available("scipy"):
         return _notes([f"Left out: the statistics across tasks need scipy, which is not installed; install it "
                        f"with {STATISTICS}."])
-    wanted = context.reference if any(context.reference in (name, entry["name"]) for cell in cells.values()
-                                      for name, entry in cell.items()) else None
-    blocks = across_blocks(context.records, "cells", wanted)
+    # the report's --reference when it names one configuration (by label, else by strategy); otherwise (absent, or
+    # several: a --vary study has a full per value) the default rule: full when it is one, else the best-ranked
+    by_label = {name for cell in cells.values() for name in cell if name == context.reference}
+    by_name = {name for cell in cells.values() for name, entry in cell.items() if entry["name"] == context.reference}
+    wanted = context.reference if len(by_label) == 1 or (not by_label and len(by_name) == 1) else None
+    blocks = across_blocks(context.records, "cells", wanted, context.sweeps)
     table = across_table(blocks, "cells")
     headers = list(table.rows[0])
     numeric = [i for i, h in enumerate(headers) if h in ("mean test top-1 %", "mean rank", "IQM %")]

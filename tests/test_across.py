@@ -24,13 +24,14 @@ from tlbench.store import ResultStore
 scipy_stats = pytest.importorskip("scipy.stats", reason="the report extra: pip install '.[report]'")
 
 
-def record(strategy, seed, acc, dataset="d1", backbone="b", status="ok", data=None, label=None):
+def record(strategy, seed, acc, dataset="d1", backbone="b", status="ok", data=None, label=None, hparams=None):
     key = hashlib.sha256(f"{strategy}-{label}-{seed}-{dataset}-{backbone}-{data}".encode()).hexdigest()[:20]
     return Record.from_json_dict({
         "schema": 2, "key": key, "status": status, "error": "boom" if status != "ok" else None,
         "trial": {"dataset": dataset, "backbone": backbone, "strategy": strategy, "label": label or strategy,
                   "seed": seed, "group": f"{dataset}-{backbone}-{label or strategy}-{json.dumps(data)}", "key": key,
-                  "protocol": {}, "hparams": {}, "data": data or {}, "protocol_version": tlbench.PROTOCOL_VERSION},
+                  "protocol": {}, "hparams": hparams or {}, "overrides": hparams or {}, "data": data or {},
+                  "protocol_version": tlbench.PROTOCOL_VERSION},
         "metrics": {"test_top1": acc, "val_top1": acc, "best_epoch": 1, "epochs": 1, "train_images_per_s": 100.0,
                     "eval_images_per_s": 400.0, "peak_memory_mib": 12.0, "time_s": {"total": 3.0}}
         if status == "ok" else {}})
@@ -174,6 +175,7 @@ def test_bars_of_the_diagram_are_the_maximal_runs_of_strategies_not_told_apart()
 def test_across_datasets_hand_computed_rows_and_incomplete_strategies_flagged():
     scores = {d: dict(s) for d, s in SCORES.items()}
     del scores["d3"]["scratch"]
+    scores["d3"]["partial"] = [0.88, 0.89, 0.885]  # every strategy 3 seeds per task: the IQM is comparable
     blocks = across_blocks(records_of(scores), "datasets")
     (block,) = blocks
     assert block.block == "b" and block.tasks == ["d1", "d2", "d3"]
@@ -193,6 +195,51 @@ def test_across_datasets_hand_computed_rows_and_incomplete_strategies_flagged():
     assert rows["frozen"].probability_of_improvement == pytest.approx(expected)
     low, high = rows["frozen"].iqm_interval
     assert low <= rows["frozen"].iqm <= high
+
+
+def test_no_iqm_when_strategies_have_different_seed_counts_on_a_task():
+    # SCORES: partial has 2 seeds on d3, the others 3; pooling would weigh d3 less for partial than for the rest
+    (block,) = across_blocks(records_of(SCORES), "datasets")
+    assert all(r.iqm is None and r.iqm_interval is None for r in block.rows)
+    assert all(r.mean_rank is not None for r in block.complete), "ranks use per-task means: still comparable"
+    assert "different numbers of seeds" in block.iqm_note
+    text = render_across(records_of(SCORES), "datasets", "github", formats())
+    assert "no IQM" in text
+
+
+def test_a_tuned_strategy_is_one_row_across_tasks_whatever_it_chose_on_each():
+    from tlbench.sweeps import Candidate, Sweep
+
+    records, sweeps = [], []
+    for dataset, lr, acc in (("d1", 0.001, 0.8), ("d2", 0.0003, 0.6)):
+        label = f"full[lr={lr}]"
+        chosen = [record("full", seed, acc + 0.01 * seed, dataset=dataset, label=label, hparams={"lr": lr})
+                  for seed in (1, 2)]
+        records += chosen + [record("frozen", seed, acc - 0.1, dataset=dataset) for seed in (1, 2)]
+        sweeps.append(Sweep(f"s-{dataset}", dataset, "b", "full", {"lr": [0.0003, 0.001]}, "declared", {},
+                            "all", [Candidate({"lr": lr}, f"g-{dataset}", label, ["x" * 20], 0.5)], 0, [0], [1, 2],
+                            [r.key for r in chosen], f"g-{dataset}", label))
+    (block,) = across_blocks(records, "datasets", sweeps=sweeps)
+    rows = {r.strategy: r for r in block.rows}
+    assert sorted(rows) == ["frozen", "full (tuned)"] and rows["full (tuned)"].complete
+    assert rows["full (tuned)"].mean == pytest.approx((0.815 + 0.615) / 2)
+
+
+def test_the_default_reference_falls_back_to_the_best_ranked_when_full_misses_a_task():
+    scores = {d: {k: v for k, v in s.items() if not (d == "d2" and k == "full")} for d, s in SCORES.items()}
+    scores["d3"]["partial"] = [0.88, 0.89, 0.885]
+    (block,) = across_blocks(records_of(scores), "datasets")
+    assert block.reference == block.complete[0].strategy == "partial"
+    assert "full misses d2" in block.reference_note
+    (explicit,) = across_blocks(records_of(scores), "datasets", reference="full")
+    assert explicit.reference == "" and "no probability of improvement" in explicit.reference_note
+
+
+def test_across_cells_with_a_dataset_keeps_its_cells_one_per_backbone():
+    records = records_of({"d1": SCORES["d1"]}, backbone="b1") + records_of({"d1": SCORES["d2"]}, backbone="b2") \
+        + records_of({"d2": SCORES["d3"]}, backbone="b1")
+    text = render_across(records, "cells", "json", formats(), dataset="d1")
+    assert {tuple(v["tasks"]) for v in json.loads(text)} == {("d1 / b1", "d1 / b2")}
 
 
 def test_across_backbones_blocks_per_dataset_and_cells_pools_every_cell():
@@ -311,6 +358,18 @@ def test_report_has_a_cross_task_section_with_the_table_and_the_diagram():
     assert page.index('id="across-tasks"') > page.index('<h2 id="d3">'), "after the datasets"
     for dataset in SCORES:  # the per-dataset sections are all still there
         assert f'id="{dataset}-leaderboard"' in page
+
+
+def test_report_of_a_vary_study_over_two_datasets_uses_the_default_reference_rule():
+    # a full per training size: --reference full names two configurations; the report must not stop
+    pytest.importorskip("scikit_posthocs", reason="the report extra")
+    records = [record(strategy, seed, acc + 0.05 * (size == 300) + 0.01 * seed, dataset=d,
+                      data={"train_size": size})
+               for d in ("d1", "d2") for size in (100, 300) for seed in range(2)
+               for strategy, acc in (("full", 0.7), ("frozen", 0.6))]
+    fragment = _across_fragment(_report(records, reference="full"))
+    assert fragment and "<td>full @ data.train_size=300</td>" in fragment
+    assert "reference full @ data.train_size=300" in fragment, "several fulls: the best-ranked is the reference"
 
 
 def test_report_without_cross_task_section_for_one_task_and_says_why_no_diagram_for_two_strategies():

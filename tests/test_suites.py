@@ -308,6 +308,9 @@ def test_a_suite_run_records_suite_task_and_group_resumes_and_reruns(tmp_path, t
                                   "(groups)"]
     assert "no ok records of suite 'offline-small'" in one_error_line(
         invoke("leaderboard", "--suite", "offline-small", "--results-dir", tmp_path))
+    for option in (["--vs", "full"], ["--dataset", "x"], ["--wide"], ["--columns", "test"], ["--across", "datasets"]):
+        line = one_error_line(invoke("leaderboard", "--suite", "two", "--results-dir", tmp_path, *option))
+        assert option[0] in line, (option, line)
 
 
 def test_a_suite_trial_is_its_own_record_and_records_without_a_suite_still_load():
