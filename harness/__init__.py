@@ -21,7 +21,8 @@ from tlbench.types import (LINEAR_DEFAULT_INIT, Backbone, BackboneFamily, Datase
 from tlbench.version import PROTOCOL_VERSION, __version__
 
 __all__ = ["run_grid", "GridResult", "RunSpec", "TuneSpec", "tune_grid", "TuneResult", "log_grid", "log_axis",
-           "linear_axis", "Axis", "hookimpl", "Extra", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily", "DatasetFamily", "Executor", "ImageSplits",
+           "linear_axis", "Axis", "hookimpl", "Extra", "LINEAR_DEFAULT_INIT", "Backbone", "BackboneFamily",
+           "DatasetFamily", "Executor", "ImageSplits",
            "ParamRef", "Phase", "Preprocessing", "Strategy", "TrainingContext", "TrainPlan", "UsageError",
            "__version__", "PROTOCOL_VERSION", "LeaderboardFormat", "LeaderboardTable", "ReportContext",
            "ReportSection", "WorkerRefused", "Callback", "StepContext", "Suite", "SuiteTask"]

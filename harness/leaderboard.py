@@ -99,8 +99,7 @@ def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None,
                         "strategy": _label(sweep.reporting_label, first), "name": sweep.strategy,
                         "strategy_tuned": _label(sweep.strategy, first) + " (tuned)",  # the same on every task
                         "protocol": protocol_of(first), "tuned": True,
-                        "tuning": sweep.tuning_text + (f"; {sweep.edge_text}" if getattr(sweep, "edges", None)
-                                                       else ""), "sweep": sweep,
+                        "tuning": sweep.tuning_text + sweep.edge_suffix, "sweep": sweep,
                         "ok": [r for r in found if get(r, "status") == "ok"],
                         "failed": [r for r in found if get(r, "status") != "ok"],
                         "data": json.dumps(get(first, "trial.data", {}), sort_keys=True, default=str)})
@@ -384,7 +383,7 @@ def tuning_note(sweeps: Sequence[Any], groups: Sequence[dict[str, Any]], candida
     """What the tuned rows are, how many configurations were tried only to choose, and how many choices still lie
     on an edge of their space after the last extension (their ``tuning`` says which: "edge: lr=0.1 is the largest
     tried")."""
-    budgets = sorted({(len(s.candidates), len(s.selection_seeds), len(s.reporting_seeds)) for s in sweeps})
+    budgets = sorted({(s.configurations, len(s.selection_seeds), len(s.reporting_seeds)) for s in sweeps})
     text = "; ".join(f"best of {k} configurations on validation ({s} selection seed{'s' * (s > 1)}), test top-1 "
                      f"over {n} fresh reporting seed{'s' * (n > 1)}" for k, s, n in budgets)
     tried = {c.group for sweep in sweeps for c in sweep.candidates}

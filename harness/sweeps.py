@@ -70,7 +70,7 @@ class Sweep:
     @property
     def configurations(self) -> int:
         """Distinct configurations tried (a configuration in several halving rungs counts once)."""
-        return len({json.dumps(c.config, sort_keys=True) for c in self.candidates})
+        return distinct_configurations(self.candidates)
 
     @property
     def tuning_text(self) -> str:
@@ -84,6 +84,11 @@ class Sweep:
     def edge_text(self) -> str:
         """How the leaderboard and the report mark a choice still on an edge ("" when it is not)."""
         return "; ".join(f"edge: {edge}" for edge in self.edges)
+
+    @property
+    def edge_suffix(self) -> str:
+        """The edge text as the end of a line that says what was chosen ("; edge: ..."; "" when not on an edge)."""
+        return f"; {self.edge_text}" if self.edges else ""
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"schema": SWEEP_SCHEMA, "kind": "tlbench sweep", "key": self.key, "dataset": self.dataset,
@@ -146,6 +151,12 @@ class Sweep:
                    [str(e) for e in raw.get("edges") or []], int(raw.get("extensions") or 0),
                    [list(r) for r in raw.get("halving") or []],
                    {str(k): dict(v) for k, v in (raw.get("axes") or {}).items() if isinstance(v, dict)})
+
+
+def distinct_configurations(candidates: Sequence[Candidate]) -> int:
+    """How many distinct configurations ``candidates`` hold: a configuration that several halving rungs trained
+    is one configuration (the count the leaderboard's "best of K" and a sweep's spent budget report)."""
+    return len({json.dumps(c.config, sort_keys=True) for c in candidates})
 
 
 def choose(candidates: Sequence[Candidate]) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from tlbench.search_space import (Axis, check_search_space, configurations, orde
                                   search_space)
 from tlbench.spec import AXES_NOT_TUNED, DEFAULT_BUDGET, RunSpec, TuneSpec
 from tlbench.store import ResultStore, default_results_dir
-from tlbench.sweeps import Candidate, Sweep, choose, validation_score
+from tlbench.sweeps import Candidate, Sweep, choose, distinct_configurations, validation_score
 from tlbench.types import UsageError
 
 __all__ = ["DEFAULT_BUDGET", "TuneResult", "TuneSpec", "budget_lines", "tune_grid"]
@@ -42,9 +41,9 @@ __all__ = ["DEFAULT_BUDGET", "TuneResult", "TuneSpec", "budget_lines", "tune_gri
 class TuneResult:
     """The outcome of :func:`tune_grid`: the grids (selection, the later halving rungs and extensions in
     ``rounds``, then reporting), the budgets (per strategy: planned and the most extensions can add), the sweeps
-    written (each with what it spent), the
-    strategies that could not be selected (a configuration failed or has no record), and those "every registered
-    strategy" left out because they need an optional package (they do not change the exit code)."""
+    written (each with what it spent), the strategies that could not be selected (a configuration failed or has no
+    record), and those "every registered strategy" left out because they need an optional package (they do not
+    change the exit code)."""
 
     selection: GridResult | None
     reporting: GridResult | None = None
@@ -236,7 +235,8 @@ class _Search:
                 self.pool = self.pool + [index]
                 self.pending = [index]
                 return
-        self.chosen, self.edges = best, edge_words(config, edges)
+        # a value the strategy refused is a hard limit (docs/tuning.md): nothing lies beyond it, so it is no edge
+        self.chosen, self.edges = best, edge_words(config, [e for e in edges if e not in self.blocked])
 
     def spent(self) -> dict[str, Any]:
         """What the search trained: distinct configurations and trials (a trial two rungs share counts once)."""
@@ -244,12 +244,19 @@ class _Search:
         for candidate, _ in self.candidates:
             for key in candidate.keys:
                 trials[key] = candidate.epochs or self.epochs
-        return {"configurations": len({json.dumps(c.config, sort_keys=True) for c, _ in self.candidates}),
+        return {"configurations": distinct_configurations([c for c, _ in self.candidates]),
                 "extensions": self.extended, "trials": len(trials), "epochs": sum(trials.values())}
 
 
 def _val(candidate: Candidate) -> float:
     return -math.inf if candidate.val_top1 is None else candidate.val_top1
+
+
+def selection_trials(budget: int, selection_seeds: int, rungs: Sequence[Sequence[int]], extensions: int = 0) -> int:
+    """The selection trials of one strategy's sweep: the K configurations' over the halving rungs (a configuration
+    two rungs train counts in each), plus at most one configuration per extension. Only the rungs' sizes count,
+    not their epochs, so the grid-size check can call it before any strategy's epochs are known."""
+    return ((sum(n for n, _ in rungs) if rungs else budget) + extensions) * selection_seeds
 
 
 def plan_budget(budget: int, space_size: int, epochs: int, selection_seeds: int, extensions: int,
@@ -260,11 +267,11 @@ def plan_budget(budget: int, space_size: int, epochs: int, selection_seeds: int,
     differs only where its epochs do."""
     initial = sum(n * e for n, e in rungs) if rungs else budget * epochs
     step = rungs[-1][1] if rungs else epochs
-    trials = (sum(n for n, _ in rungs) if rungs else budget) * selection_seeds
+    trials = selection_trials(budget, selection_seeds, rungs)
     return {"configurations": budget, "space_size": space_size, "epochs_per_configuration": epochs,
             "selection_seeds": selection_seeds, "trials": trials, "epochs": initial * selection_seeds,
             "extensions": extensions, "halving": [list(r) for r in rungs],
-            "maximum_trials": trials + extensions * selection_seeds,
+            "maximum_trials": selection_trials(budget, selection_seeds, rungs, extensions),
             "maximum_epochs": (initial + extensions * step) * selection_seeds}
 
 
@@ -275,8 +282,7 @@ def budget_lines(result: "TuneResult") -> list[str]:
         spent, b = sweep.budget.get("spent", {}), sweep.budget
         lines.append(f"budget {sweep.dataset} / {sweep.backbone} / {sweep.strategy}: {spent.get('configurations')} "
                      f"configuration(s) ({spent.get('extensions', 0)} by extension), {spent.get('trials')} trial(s), "
-                     f"{spent.get('epochs')} training epochs of at most {b.get('maximum_epochs')}"
-                     + (f"; {sweep.edge_text}" if sweep.edges else ""))
+                     f"{spent.get('epochs')} training epochs of at most {b.get('maximum_epochs')}{sweep.edge_suffix}")
     return lines
 
 
@@ -302,11 +308,15 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
     plugins = plugins if plugins is not None else Plugins()
     names = resolve_names(plugins, spec)
     executor_options(plugins.executors.get(spec.executor, plugins.failure_hint()), spec.executor_options)
-    check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies)
-                    * ((tuning.budget + tuning.extensions) * selection_seeds + seeds),
+    sizes = halving_rungs(tuning.budget, 1) if tuning.halving else []  # the rungs' sizes (their epochs: not yet)
+    most = selection_trials(tuning.budget, selection_seeds, sizes, tuning.extensions)  # every strategy's the same
+    check_grid_size(len(names.datasets) * len(names.backbones) * len(names.strategies) * (most + seeds),
                     f"{len(names.strategies)} strategy(ies) x {len(names.backbones)} backbone(s) x "
-                    f"{len(names.datasets)} dataset(s) x (({tuning.budget} configuration(s) + {tuning.extensions} "
-                    f"extension(s)) x {selection_seeds} selection seed(s) + {seeds} reporting seed(s))",
+                    f"{len(names.datasets)} dataset(s) x ((" +
+                    (f"{' + '.join(str(n) for n, _ in sizes)} configuration(s) over the halving rungs" if sizes
+                     else f"{tuning.budget} configuration(s)") +
+                    f" + {tuning.extensions} extension(s)) x {selection_seeds} selection seed(s) + {seeds} reporting "
+                    f"seed(s))",
                     "lower --seeds, --selection-seeds, --tune-budget or --tune-extensions")
     store = ResultStore(spec.results_dir or default_results_dir(), warn=warn)
     chosen_strategies, backbone_names, chosen_datasets = names.strategies, names.backbones, names.datasets
@@ -363,7 +373,8 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
              + "); the comparison is not at equal budget")
     # every stage runs exactly the names resolved here (what --all left out was said once, above)
     stage = spec.replace(strategies=[n for n, _ in chosen_strategies], backbones=backbone_names,
-                         datasets=[d[0] for d in chosen_datasets], results_dir=spec.results_dir or default_results_dir())
+                         datasets=[d[0] for d in chosen_datasets],
+                         results_dir=spec.results_dir or default_results_dir())
     common = dict(reporter=reporter, plugins=plugins, warn=warn)
     rounds = max((len(s.rungs) for s in searches), default=0) or 1
     for number in itertools.count():
@@ -418,8 +429,7 @@ def tune_grid(spec: RunSpec, tuning: TuneSpec | None = None, *, reporter: Report
         pool = [candidates[i] for i in search.pool]
         reporter.message(f"tune {search.where}: chose {sweep.tuning_text.split(': ', 1)[1]} (val top-1 "
                          f"{_pct(candidates[chosen].val_top1)}; candidates "
-                         f"{', '.join(_pct(c.val_top1) for c in pool)})"
-                         + (f"; {sweep.edge_text}" if sweep.edges else ""))
+                         f"{', '.join(_pct(c.val_top1) for c in pool)}){sweep.edge_suffix}")
     if reporting_trials:
         reporter.message(f"tune: reporting stage, seed(s) {', '.join(map(str, reporting_range))}")
         reporting_trials.sort(key=lambda t: order[(t.dataset, t.backbone)])

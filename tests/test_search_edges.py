@@ -66,10 +66,22 @@ class Inside(Peaked):
     search_space = {"lr": log_axis(1e-3, 3e-2)}  # 1e-3, 3e-3, 1e-2, 3e-2
 
 
+class Capped(Peaked):
+    """The same, but it refuses any lr above 1e-3 (the top of its space) without declaring that as a hard limit."""
+
+    name = "capped"
+
+    def validate(self, hparams, protocol=None):
+        super().validate(hparams, protocol)
+        if hparams["lr"] > 1e-3:
+            raise UsageError(f"capped.lr must be <= 1e-3, got {hparams['lr']}")
+
+
 def plugins() -> Plugins:
     found = Plugins(load_third_party=False)
     for registry, obj in ((found.datasets, DisagreeingSplits()), (found.backbones, OneHotBackbones()),
-                          (found.strategies, Peaked), (found.strategies, Peaked4), (found.strategies, Inside)):
+                          (found.strategies, Peaked), (found.strategies, Peaked4), (found.strategies, Inside),
+                          (found.strategies, Capped)):
         registry.current_plugin = "test_search_edges"
         registry.register(obj)
     return found
@@ -167,6 +179,20 @@ def test_without_extensions_the_edge_is_only_marked(tmp_path):
     assert lrs(sweep) == [1e-4, 3e-4, 1e-3] and sweep.edges == ["lr=0.001 is the largest tried"]
 
 
+def test_a_value_the_strategy_refuses_is_a_hard_limit_not_an_edge(tmp_path):
+    result = tune(tmp_path, ["capped"], extensions=2)
+    assert result.exit_code == 0
+    (sweep,) = result.sweeps
+    assert lrs(sweep) == [1e-4, 3e-4, 1e-3] and sweep.chosen_config == {"lr": 1e-3}  # 3e-3 refused: not tried
+    assert sweep.edges == [] and sweep.budget["spent"]["extensions"] == 0
+    (read,) = ResultStore(tmp_path / "results").sweeps()
+    assert read.edges == []  # the sweep file records no edge either
+    table = build_table(ResultStore(tmp_path / "results").records(), sweeps=[read])
+    assert not any("chose on an edge" in note for note in table.notes)
+    assert [row["tuning"] for row in table.values if row["tuning"].startswith("best of")] == [
+        "best of 3 on val: lr=0.001"]
+
+
 def test_selection_with_extensions_reads_no_test_score(tmp_path):
     """Validation and test disagree by construction (right on k classes of val, 3 - k of test); then the
     selection records' test scores are rewritten to favour the smallest lr: the choice stays."""
@@ -222,6 +248,23 @@ def test_halving_trains_every_configuration_briefly_and_the_better_half_longer(t
     assert budgets["peaked4"] == budgets["inside"] and budgets["inside"]["halving"] == [[4, 1], [2, 2]]
     assert budgets["inside"]["epochs"] == 8 and budgets["inside"]["maximum_epochs"] == 12  # against 16 in full
     assert peaked.budget["spent"] == {"configurations": 6, "extensions": 2, "trials": 8, "epochs": 12}
+    assert budgets["inside"]["maximum_trials"] == 4 + 2 + 2  # the rungs' trials, then the extensions'
+    # the leaderboard counts configurations, not candidates (a configuration in two rungs is one configuration)
+    store = ResultStore(tmp_path / "results")
+    table = build_table(store.records(), sweeps=store.sweeps())
+    tuned = sorted(row["tuning"].split(" on val")[0] for row in table.values if row["tuning"].startswith("best of"))
+    assert tuned == ["best of 4", "best of 6"]  # inside: 4 configurations (6 candidates); peaked4: 6 (8)
+    (note,) = [note for note in table.notes if note.startswith("tuned rows:")]
+    assert "best of 4 configurations" in note and "best of 6 configurations" in note and "best of 8" not in note
+
+
+@pytest.mark.parametrize("halving, trials", [(False, 4 + 2 + 1), (True, 4 + 2 + 2 + 1)])
+def test_the_grid_size_check_counts_every_halving_rung(tmp_path, monkeypatch, halving, trials):
+    """K = 4 with 2 extensions and 1 reporting seed: halving trains 4 + 2 configurations before the extensions."""
+    monkeypatch.setattr("tlbench.grid.available_memory", lambda: 1)  # nothing fits: the check says its count
+    with pytest.raises(UsageError, match=f"the grid has {trials} trials"):
+        tune(tmp_path, ["peaked4"], budget=4, extensions=2, halving=halving)
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.json"))
 
 
 # -------------------------------------------------------------------------------------------------- resuming
