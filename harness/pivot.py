@@ -65,10 +65,12 @@ def setting_value(record: Any, key: str) -> Any:
 
 
 def setting_keys(record: Any) -> list[str]:
-    """Every ``--set`` key a record holds a value for (protocol, dataset options, its strategy's own settings)."""
+    """Every ``--set`` key a record holds a value for (protocol, dataset options, its strategy's own settings);
+    ``image_size`` only when set (at none it is ``data.image_size``, listed once under that name)."""
     protocol, data = get(record, "trial.protocol", {}) or {}, get(record, "trial.data", {}) or {}
     strategy, hparams = get(record, "trial.strategy", "?"), get(record, "trial.hparams", {}) or {}
-    return sorted(protocol) + [f"data.{k}" for k in sorted(data)] + [f"{strategy}.{k}" for k in sorted(hparams)]
+    own = sorted(k for k in protocol if k != "image_size" or protocol[k] is not None)  # none: data.image_size's
+    return own + [f"data.{k}" for k in sorted(data)] + [f"{strategy}.{k}" for k in sorted(hparams)]
 
 
 def _canonical(value: Any) -> str:
@@ -79,14 +81,17 @@ def _canonical(value: Any) -> str:
 
 
 def varied_keys(records: Iterable[Any]) -> list[str]:
-    """The keys with more than one value among the records they apply to (seed aside: it is never a setting)."""
-    values: dict[str, set[str]] = defaultdict(set)
+    """The keys with more than one value among one strategy's records (seed aside: it is never a setting). Within
+    one strategy: a protocol setting a strategy overrides (its own epochs, say) differs between strategies without
+    anyone having varied it."""
+    values: dict[tuple[str, str], set[str]] = defaultdict(set)
     for record in records:
+        strategy = str(get(record, "trial.strategy", "?"))
         for key in setting_keys(record):
             value = setting_value(record, key)
             if value is not NOT_APPLICABLE:
-                values[key].add(_canonical(value))
-    return sorted(key for key, seen in values.items() if len(seen) > 1)
+                values[(key, strategy)].add(_canonical(value))
+    return sorted({key for (key, _), seen in values.items() if len(seen) > 1})
 
 
 def value_order(value: Any) -> tuple:
@@ -293,4 +298,4 @@ def render_pivot(records: Iterable[Any], key: str, fmt: str, formats: Mapping[st
 
 __all__ = ["NOT_APPLICABLE", "PivotBlock", "PivotCell", "PivotRow", "cell_text", "check_pivot_key",
            "pivot_blocks", "pivot_table", "render_pivot", "setting_keys", "setting_value", "value_order",
-           "varied_keys"]
+           "value_text", "varied_keys"]
