@@ -155,22 +155,35 @@ def _identity(record: Any, key: str) -> dict[str, Any]:
     return {"strategy": get(record, "trial.strategy"), "protocol_version": protocol_of(record), **trial}
 
 
-def _row_names(identities: Sequence[dict[str, Any]]) -> list[str]:
-    """The strategy (with its protocol when older than today's); configurations of one strategy add the settings
-    in which they differ, ``full @ lr=0.001``."""
-    base = [str(i["strategy"]) + ("" if i["protocol_version"] == PROTOCOL_VERSION
-                                  else f" (protocol {i['protocol_version']})") for i in identities]
+def names_apart(base: Sequence[str], settings: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One name per configuration: its base name (the strategy, or its label), and where several share one, the
+    settings in which they differ, ``full @ data.train_size=100``; still alike (they differ elsewhere): numbered,
+    ``full #2``. The one way the leaderboard's ``--pivot`` and ``--across`` tell configurations apart."""
     names = list(base)
     for name in set(base):
         same = [i for i, b in enumerate(base) if b == name]
         if len(same) < 2:
             continue
-        flat = [{(f"data.{k}" if part == "data" else k): v for part in ("protocol", "hparams", "data")
-                 for k, v in identities[i][part].items()} for i in same]
-        differ = sorted({k for f in flat for k in f if len({_canonical(g.get(k)) for g in flat}) > 1})
-        for i, f in zip(same, flat):
-            names[i] = name + " @ " + ",".join(f"{k}={value_text(f.get(k))}" for k in differ)
+        differ = sorted({k for i in same for k in settings[i]
+                         if len({_canonical(settings[j].get(k)) for j in same}) > 1})
+        for i in same:
+            if differ:
+                names[i] = name + " @ " + ",".join(f"{k}={value_text(settings[i].get(k))}" for k in differ)
+    seen: dict[str, int] = defaultdict(int)
+    for i, name in enumerate(list(names)):
+        seen[name] += 1
+        if names.count(name) > 1 and seen[name] > 1:
+            names[i] = f"{name} #{seen[name]}"
     return names
+
+
+def _row_names(identities: Sequence[dict[str, Any]]) -> list[str]:
+    """The strategy (with its protocol when older than today's), apart by the settings it differs in
+    (:func:`names_apart`), ``full @ lr=0.001``."""
+    base = [str(i["strategy"]) + ("" if i["protocol_version"] == PROTOCOL_VERSION
+                                  else f" (protocol {i['protocol_version']})") for i in identities]
+    return names_apart(base, [{(f"data.{k}" if part == "data" else k): v for part in ("protocol", "hparams", "data")
+                               for k, v in i[part].items()} for i in identities])
 
 
 def pivot_blocks(records: Iterable[Any], key: str) -> list[PivotBlock]:
@@ -297,5 +310,5 @@ def render_pivot(records: Iterable[Any], key: str, fmt: str, formats: Mapping[st
 
 
 __all__ = ["NOT_APPLICABLE", "PivotBlock", "PivotCell", "PivotRow", "cell_text", "check_pivot_key",
-           "pivot_blocks", "pivot_table", "render_pivot", "setting_keys", "setting_value", "value_order",
+           "names_apart", "pivot_blocks", "pivot_table", "render_pivot", "setting_keys", "setting_value", "value_order",
            "value_text", "varied_keys"]

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import tlbench
 from conftest import one_error_line
 from tlbench.cli import cli
-from tlbench.pivot import NOT_APPLICABLE, pivot_blocks, pivot_table, render_pivot, setting_value, varied_keys
+from tlbench.pivot import NOT_APPLICABLE, names_apart, pivot_blocks, pivot_table, render_pivot, setting_value, varied_keys
 from tlbench.records import Record
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
@@ -133,6 +133,12 @@ def test_configurations_that_differ_in_another_setting_are_rows_of_their_own():
     (block,) = pivot_blocks(records, "data.train_size")
     assert sorted(row.strategy for row in block.rows) == ["full @ epochs=2", "full @ epochs=8"]
     assert all(len(row.cells) == 2 for row in block.rows)
+
+
+def test_names_apart_add_the_settings_that_differ_then_number():
+    assert names_apart(["full", "full", "frozen"], [{"data.n": 100, "lr": 1}, {"data.n": 300, "lr": 1}, {}]) == [
+        "full @ data.n=100", "full @ data.n=300", "frozen"]
+    assert names_apart(["full", "full"], [{"lr": 1}, {"lr": 1.0}]) == ["full", "full #2"]  # 1 and 1.0: one value
 
 
 def test_one_table_per_dataset_and_backbone_in_text_one_in_csv_and_json():
