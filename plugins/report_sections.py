@@ -347,8 +347,8 @@ def axes_section(context: ReportContext) -> str:
         ax.minorticks_off()
         _finish_axes(ax, key + (" (log scale)" if log else ""), "test top-1 (%), mean over seeds", len(names))
         parts.append(f"<h4>{html.escape(printable(key))}</h4>" + context.figure(
-            fig, f"Test top-1 against {printable(key)} per strategy: the mean over seeds with its 95% Student "
-                 f"t-interval (no bar with one seed)."))
+            fig, f"Test top-1 against {printable(key)}{' (log scale)' if log else ''} per strategy: the mean over "
+                 f"seeds with its 95% Student t-interval (no bar with one seed)."))
         skipped = sorted({s for b in blocks for s in b.not_applicable})
         if skipped:
             parts.append(_notes([f"{key} does not apply to {', '.join(skipped)}: not drawn."]))

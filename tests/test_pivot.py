@@ -34,7 +34,7 @@ def record(strategy, seed, acc, dataset="d1", backbone="b", status="ok", data=No
     data = {**DEFAULT_DATA, **(data or {})}
     hp = {**HPARAMS[strategy], **(hparams or {})}
     proto = {**PROTOCOL, **(protocol or {})}
-    changed = [f"data.{k}={v}" for k, v in data.items() if v != DEFAULT_DATA[k]] + [
+    changed = [f"data.{k}={v}" for k, v in data.items() if v != DEFAULT_DATA.get(k)] + [
         f"{k}={v}" for k, v in {**hp, **proto}.items() if v != {**HPARAMS[strategy], **PROTOCOL}[k]]
     label = strategy + (f"[{','.join(changed)}]" if changed else "")
     key = hashlib.sha256(f"{dataset}-{backbone}-{label}-{seed}".encode()).hexdigest()[:20]
@@ -239,3 +239,13 @@ def test_report_plots_each_varied_setting_and_nothing_without_one():
     assert "<h4>data.train_size</h4>" in fragment and "<h4>full.lr</h4>" in fragment
     assert fragment.count("<img") == 2 and "full.lr does not apply to frozen: not drawn." in fragment
     assert _axes_fragment(_report([record(s, seed, 0.5) for s in ("full", "frozen") for seed in range(2)])) is None
+
+
+def test_report_axis_is_logarithmic_beyond_a_tenfold_span_and_categorical_values_are_drawn():
+    alt = r'<img alt="Test top-1 against data.train_size( \(log scale\))? per strategy'
+    assert re.search(alt, _axes_fragment(_report(study_records()))).group(1) is None  # 100..1000: exactly 10x
+    wider = study_records() + [record("full", 0, 0.95, data={"train_size": 3000})]
+    assert re.search(alt, _axes_fragment(_report(wider))).group(1) == " (log scale)"
+    augment = [record("full", s, 0.5 + s / 10, data={"augment": a}) for a in ("none", "flip") for s in range(2)]
+    fragment = _axes_fragment(_report(augment))
+    assert "<h4>data.augment</h4>" in fragment and fragment.count("<img") == 1
