@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -249,3 +250,16 @@ def test_report_axis_is_logarithmic_beyond_a_tenfold_span_and_categorical_values
     augment = [record("full", s, 0.5 + s / 10, data={"augment": a}) for a in ("none", "flip") for s in range(2)]
     fragment = _axes_fragment(_report(augment))
     assert "<h4>data.augment</h4>" in fragment and fragment.count("<img") == 1
+
+
+def test_report_without_matplotlib_leaves_the_plot_out_only_where_a_setting_varies(monkeypatch):
+    pytest.importorskip("matplotlib", reason="the report extra")
+    from tlbench.plugins.report_sections import BUILTIN_SECTIONS
+    from tlbench.report import render_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr("tlbench.plugins.report_sections.module_available", lambda name: name != "matplotlib")
+    fragment = _axes_fragment(render_report(study_records(), BUILTIN_SECTIONS))
+    assert "<img" not in fragment and "Left out: this section needs" in fragment and "[report]" in fragment
+    flat = render_report([record("full", s, 0.5) for s in range(2)], BUILTIN_SECTIONS)
+    assert _axes_fragment(flat) is None
