@@ -84,14 +84,18 @@ def varied_keys(records: Iterable[Any]) -> list[str]:
     """The keys with more than one value among one strategy's records (seed aside: it is never a setting). Within
     one strategy: a protocol setting a strategy overrides (its own epochs, say) differs between strategies without
     anyone having varied it."""
-    values: dict[tuple[str, str], set[str]] = defaultdict(set)
+    records = list(records)
+    return sorted(key for key in {k for r in records for k in setting_keys(r)} if varies(records, key))
+
+
+def varies(records: Iterable[Any], key: str) -> bool:
+    """``key`` has more than one value among one strategy's records (any key, ``full.epochs`` too)."""
+    values: dict[str, set[str]] = defaultdict(set)
     for record in records:
-        strategy = str(get(record, "trial.strategy", "?"))
-        for key in setting_keys(record):
-            value = setting_value(record, key)
-            if value is not NOT_APPLICABLE:
-                values[(key, strategy)].add(_canonical(value))
-    return sorted({key for (key, _), seen in values.items() if len(seen) > 1})
+        value = setting_value(record, key)
+        if value is not NOT_APPLICABLE:
+            values[str(get(record, "trial.strategy", "?"))].add(_canonical(value))
+    return any(len(seen) > 1 for seen in values.values())
 
 
 def value_order(value: Any) -> tuple:
@@ -282,9 +286,9 @@ def pivot_notes(blocks: Sequence[PivotBlock]) -> list[str]:
 
 def check_pivot_key(records: Sequence[Any], key: str) -> None:
     """A key that is unknown to the records or has a single value is one error line naming the keys that vary."""
-    varied = varied_keys(records)
-    if key in varied:
+    if varies(records, key):
         return
+    varied = varied_keys(records)
     known = any(setting_value(r, key) is not NOT_APPLICABLE for r in records)
     why = "has one value in these records" if known else "is not a setting of these records"
     choice = (f"the keys that vary: {', '.join(varied)}" if varied
@@ -311,4 +315,4 @@ def render_pivot(records: Iterable[Any], key: str, fmt: str, formats: Mapping[st
 
 __all__ = ["NOT_APPLICABLE", "PivotBlock", "PivotCell", "PivotRow", "cell_text", "check_pivot_key",
            "names_apart", "pivot_blocks", "pivot_table", "render_pivot", "setting_keys", "setting_value", "value_order",
-           "value_text", "varied_keys"]
+           "value_text", "varied_keys", "varies"]

@@ -88,6 +88,10 @@ def test_varied_keys_count_values_within_one_strategy():
     assert varied_keys([record("full", 0, 0.5, protocol={"epochs": 3}), record("frozen", 0, 0.5)]) == []
     lrs = [record("full", 0, 0.5, hparams={"lr": lr}) for lr in (1e-4, 1e-3)] + [record("frozen", 0, 0.5)]
     assert varied_keys(lrs) == ["full.lr"]
+    epochs = [record("full", 0, 0.5, protocol={"epochs": e}) for e in (2, 8)] + [record("frozen", 0, 0.5)]
+    (block,) = pivot_blocks(epochs, "full.epochs")  # a strategy's own protocol setting, by its scoped key
+    assert block.values == [2, 8] and block.not_applicable == ["frozen"]
+    assert "full.epochs=2" in render_pivot(epochs, "full.epochs", "csv", formats())
 
 
 # ---------------------------------------------------------------------------------------------- the pivot
