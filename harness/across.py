@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from tlbench.leaderboard import group_records
+from tlbench.pivot import names_apart
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get
 from tlbench.requirements import Extra, module_available
@@ -96,25 +97,10 @@ def task_of(record: Any, across: str) -> tuple[str, str]:
 def _row_names(groups: Sequence[dict[str, Any]]) -> list[str]:
     """The name of each configuration of one task: its label (a sweep's row: its strategy and ``(tuned)``, not
     the configuration it chose, which may differ task by task); configurations of one label that differ in their
-    data settings (``run --vary data.train_size=...``) add the settings that differ, so the same configuration gets
-    the same name on every task."""
+    data settings (``run --vary data.train_size=...``) add the settings that differ
+    (:func:`tlbench.pivot.names_apart`), so the same configuration gets the same name on every task."""
     base = [g["strategy_tuned"] if g.get("tuned") else g["strategy"] for g in groups]
-    names = list(base)
-    for name in set(base):
-        same = [i for i, b in enumerate(base) if b == name]
-        if len(same) < 2:
-            continue
-        data = [json.loads(groups[i]["data"] or "{}") for i in same]
-        keys = sorted({k for d in data for k in d if len({json.dumps(x.get(k), sort_keys=True) for x in data}) > 1})
-        for i, d in zip(same, data):
-            if keys:
-                names[i] = name + " @ " + ",".join(f"data.{k}={json.dumps(d.get(k))}" for k in keys)
-    seen: dict[str, int] = defaultdict(int)
-    for i, name in enumerate(list(names)):  # still the same (settings outside label and data): numbered
-        seen[name] += 1
-        if names.count(name) > 1 and seen[name] > 1:
-            names[i] = f"{name} #{seen[name]}"
-    return names
+    return names_apart(base, [{f"data.{k}": v for k, v in json.loads(g["data"] or "{}").items()} for g in groups])
 
 
 def _seed_order(seed: Any) -> tuple[int, str]:

@@ -21,6 +21,7 @@ from tlbench.files import remove_stale_temporaries
 from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET, run_grid
 from tlbench.interrupts import GridInterrupted, on_sigterm
 from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, render
+from tlbench.pivot import render_pivot
 from tlbench.predict import find_images, predict as run_predict, render as render_predictions
 from tlbench.progress import make_progress
 from tlbench.registry import Plugins
@@ -468,6 +469,9 @@ def plugins() -> None:
 @click.option("--across", type=click.Choice(ACROSS_AXES), default=None,
               help="One table over tasks (datasets per backbone, backbones per dataset, or every dataset x "
                    "backbone cell): mean top-1, mean rank, IQM with a stratified-bootstrap 95% CI, P(better).")
+@click.option("--pivot", default=None, metavar="KEY",
+              help="Strategy x value tables of a varied setting (a --set key: data.train_size, epochs, full.lr): "
+                   "mean test top-1 ± its 95% t-interval and n per cell, per dataset x backbone.")
 @click.option("--candidates", is_flag=True,
               help="Also list the configurations --tune tried only to choose (on their selection seeds).")
 @click.option("--suite", default=None, metavar="NAME",
@@ -477,7 +481,7 @@ def plugins() -> None:
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where records are [default: $TLBENCH_RESULTS_DIR or ./tlbench-results].")
 def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, reference: str | None,
-                across: str | None, candidates: bool, help_columns: bool, help_formats: bool,
+                across: str | None, pivot: str | None, candidates: bool, help_columns: bool, help_formats: bool,
                 results_dir: Path | None, suite: str | None) -> None:
     """The leaderboard: mean ± std over seeds per dataset/backbone/strategy, sorted by test accuracy; after
     `tlbench run --tune`, the tuned rows follow the others, with a "tuning" column."""
@@ -497,6 +501,12 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
         _fail(f"no results directory at {str(store.root)!r}; run `tlbench run` first or pass --results-dir")
     if across is not None and suite is not None:
         _fail("--across and --suite are two views; choose one")
+    if pivot is not None:
+        if across or columns or wide or candidates or reference or suite:
+            _fail("--pivot prints its own columns; leave out --across, --suite, --columns, --wide, --vs and "
+                  "--candidates")
+        _echo(render_pivot(store.records(), pivot, fmt, formats, dataset))
+        return
     if across is not None:
         if columns or wide or candidates:
             _fail("--across prints its own columns; leave out --columns, --wide and --candidates")

@@ -16,6 +16,7 @@ from tlbench.across import STATISTICS, across_blocks, across_table, collect
 from tlbench.leaderboard import leaderboard_rows
 from tlbench.record_fields import get, processor_label
 from tlbench.errors import printable
+from tlbench.pivot import pivot_blocks, value_order, value_text, varied_keys
 from tlbench.report import PLOTS, configuration_name
 from tlbench.requirements import module_available
 from tlbench.stats import critical_difference, friedman_test, nemenyi_p_values, not_different_runs
@@ -312,6 +313,52 @@ def _distinct(records: Sequence[Any], path: str) -> str:
     return "; ".join(f"{value} ({count} records)" for value, count in sorted(counts.items()))
 
 
+def axes_section(context: ReportContext) -> str:
+    """Accuracy against each setting that takes several values in this dataset's records (a ``--vary`` axis, or
+    separate ``--set`` runs), per strategy, with 95% t-intervals: the plot of ``leaderboard --pivot``."""
+    keys = varied_keys(context.records)
+    if not keys:
+        return ""
+    if not module_available("matplotlib"):  # not ``requires``: without an axis there is no section to leave out
+        return f'<p class="note">Left out: this section needs {html.escape(str(PLOTS))}.</p>'
+    plt = _plt()
+    parts = []
+    for key in keys:
+        blocks = [b for b in pivot_blocks(context.records, key) if b.rows]
+        values = sorted({json.dumps(v, sort_keys=True, default=str): v for b in blocks for v in b.values}.values(),
+                        key=value_order)
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        log = numeric and min(values) > 0 and max(values) > 10 * min(values)
+        position = {json.dumps(v, sort_keys=True, default=str): (float(v) if numeric else float(i))
+                    for i, v in enumerate(values)}
+        names = [configuration_name(b.backbone, row.strategy, len(blocks) > 1) for b in blocks for row in b.rows]
+        colours = _colours(names)
+        fig, ax = plt.subplots(figsize=(7.5, 4.6))
+        for (block, row), name in zip([(b, r) for b in blocks for r in b.rows], names):
+            points = sorted((position[text], cell.summary) for text, cell in row.cells.items() if cell.summary)
+            if not points:
+                continue
+            xs = [x for x, _ in points]
+            ys = [100 * s.mean for _, s in points]
+            errors = [100 * (s.half_width or 0.0) for _, s in points]
+            ax.errorbar(xs, ys, yerr=errors, marker="o", ms=4, lw=1.3, capsize=3, color=colours[name], label=name)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xticks([position[json.dumps(v, sort_keys=True, default=str)] for v in values],
+                      [value_text(v) for v in values], fontsize=8)
+        ax.minorticks_off()
+        _finish_axes(ax, key + (" (log scale)" if log else ""), "test top-1 (%), mean over seeds", len(names))
+        parts.append(f"<h4>{html.escape(printable(key))}</h4>" + context.figure(
+            fig, f"Test top-1 against {printable(key)}{' (log scale)' if log else ''} per strategy: the mean over "
+                 f"seeds with its 95% Student t-interval (no bar with one seed)."))
+        skipped = sorted({s for b in blocks for s in b.not_applicable})
+        if skipped:
+            parts.append(_notes([f"{key} does not apply to {', '.join(skipped)}: not drawn."]))
+    return "".join(parts) + _notes([
+        "The value of each setting is the one each record ran with (a record at the default is at the default's "
+        "value); `tlbench leaderboard --pivot KEY` prints the same numbers as a table.", context.variance])
+
+
 def protocol_section(context: ReportContext) -> str:
     records = list(context.records)
     shared = [
@@ -485,6 +532,7 @@ BUILTIN_SECTIONS = [
                   NEEDS_MATPLOTLIB),
     ReportSection("cost", "Throughput and peak memory", 70, cost_section,
                   NEEDS_MATPLOTLIB),
+    ReportSection("axes", "Accuracy against the varied settings", 75, axes_section),
     ReportSection("protocol", "Protocol", 80, protocol_section),
     ReportSection("environment", "Environment", 90, environment_section),
     ReportSection("reproduce", "Reproduce", 100, reproduce_section),
