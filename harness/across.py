@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tlbench.leaderboard import group_records
+from tlbench.leaderboard import chosen_format, group_records, percent
 from tlbench.pivot import names_apart
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get
@@ -205,10 +205,6 @@ def across_blocks(records: Iterable[Any], across: str, reference: str | None = N
     return blocks
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
 BLOCK_HEADERS = {"datasets": "backbone", "backbones": "dataset", "cells": ""}
 
 
@@ -227,10 +223,10 @@ def across_table(blocks: Sequence[AcrossBlock], across: str) -> LeaderboardTable
                 "strategy": row.strategy,
                 "tasks": f"{n - len(row.missing)}/{n}" + (f" (missing: {', '.join(row.missing)})"
                                                           if row.missing else ""),
-                "mean test top-1 %": _pct(row.mean),
+                "mean test top-1 %": percent(row.mean),
                 "mean rank": "" if row.mean_rank is None else f"{row.mean_rank:.2f}",
-                "IQM %": _pct(row.iqm),
-                "IQM 95% CI (stratified bootstrap)": (f"[{_pct(interval[0])}, {_pct(interval[1])}]" if interval
+                "IQM %": percent(row.iqm),
+                "IQM 95% CI (stratified bootstrap)": (f"[{percent(interval[0])}, {percent(interval[1])}]" if interval
                                                       else ("one seed per task" if row.complete and row.iqm
                                                             is not None else "")),
                 p_header: ("reference" if row.is_reference else "" if row.probability_of_improvement is None
@@ -279,8 +275,7 @@ def render_across(records: Iterable[Any], across: str, fmt: str, formats: Mappin
     """``tlbench leaderboard --across``: the table in format ``fmt``. ``dataset`` keeps that dataset's records
     (its block with ``--across backbones``, its cells with ``--across cells``); with ``--across datasets`` it would
     leave one task, so it is an error."""
-    if fmt not in formats:
-        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+    chosen = chosen_format(formats, fmt)
     if dataset is not None and across == "datasets":
         raise UsageError(f"--dataset leaves one dataset, and --across datasets compares over datasets; use "
                          f"--across backbones --dataset {dataset}, or leave out --dataset")
@@ -304,7 +299,7 @@ def render_across(records: Iterable[Any], across: str, fmt: str, formats: Mappin
     alone = [b for b in blocks if len(b.tasks) < 2]
     if alone:
         table.notes.append(f"left out (one task each): " + "; ".join(f"{b.block} ({b.tasks[0]})" for b in alone) + ".")
-    return formats[fmt].render(table)
+    return chosen.render(table)
 
 
 __all__ = ["AXES", "AcrossBlock", "AcrossRow", "across_blocks", "across_table", "render_across", "collect",

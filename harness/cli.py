@@ -20,7 +20,7 @@ from tlbench.export import load_export
 from tlbench.files import remove_stale_temporaries
 from tlbench.grid import DEFAULT_BACKBONES, DEFAULT_DATASET, run_grid
 from tlbench.interrupts import GridInterrupted, on_sigterm
-from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, render
+from tlbench.leaderboard import COLUMNS, DEFAULT_COLUMNS, WIDE_COLUMNS, chosen_format, render
 from tlbench.pivot import render_pivot
 from tlbench.predict import find_images, predict as run_predict, render as render_predictions
 from tlbench.progress import make_progress
@@ -301,8 +301,7 @@ def _execute(spec: RunSpec, tuning: TuneSpec | None, fmt: str) -> None:
     summary, the exit code."""
     plugins = _plugins()
     formats = dict(plugins.leaderboard_formats.items())
-    if fmt not in formats:
-        _fail(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+    chosen_format(formats, fmt)  # a bad --format stops the run before anything runs
     common = dict(reporter=_PrintingReporter(), plugins=plugins, warn=_warn_line)
     if tuning is not None:
         tuned = tune_grid(spec, tuning, **common)
@@ -516,12 +515,11 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
         if columns or wide or candidates or reference or dataset:
             _fail("--suite prints each task, its group means and the overall mean; leave out --columns, --wide, "
                   "--candidates, --vs and --dataset")
-        if fmt not in formats:
-            _fail(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+        chosen = chosen_format(formats, fmt)
         table = suite_table(store.records(), find_suite(_plugins(), suite))
         if not table.rows:
             _fail(f"no ok records of suite {suite!r} in {str(store.root)!r}; run `tlbench run --suite {suite}` first")
-        _echo(formats[fmt].render(table))
+        _echo(chosen.render(table))
         return
     text = render(store.records(), fmt, chosen, dataset, vs=reference, formats=formats,
                   sweeps=store.sweeps(), candidates=candidates)

@@ -10,7 +10,7 @@ import json
 import math
 import statistics
 from collections import Counter, defaultdict
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get, processor_label
@@ -399,6 +399,18 @@ def tuning_note(sweeps: Sequence[Any], groups: Sequence[dict[str, Any]], candida
              f"or a wider space)." if on_edge else ""))
 
 
+def chosen_format(formats: Mapping[str, LeaderboardFormat], fmt: str) -> LeaderboardFormat:
+    """The format ``--format`` names, or one line listing the formats there are."""
+    if fmt not in formats:
+        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+    return formats[fmt]
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a table cell in %, one decimal ("" when there is none)."""
+    return "" if value is None else f"{100 * value:.1f}"
+
+
 def render(records: Iterable[Any], fmt: str = "github", columns: Sequence[str] = DEFAULT_COLUMNS,
            dataset: str | None = None, vs: str | None = None,
            formats: dict[str, LeaderboardFormat] | None = None, sweeps: Sequence[Any] = (),
@@ -407,9 +419,8 @@ def render(records: Iterable[Any], fmt: str = "github", columns: Sequence[str] =
     them from its ``Plugins().leaderboard_formats``; when None, those of a fresh :class:`tlbench.registry.Plugins`
     (the built-in formats come through the same hook as a plugin's)."""
     formats = dict(Plugins().leaderboard_formats.items()) if formats is None else formats
-    if fmt not in formats:
-        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+    chosen = chosen_format(formats, fmt)
     table = build_table(records, columns, dataset, vs, sweeps, candidates)
     if not table.rows and fmt != "json":
         return ""
-    return formats[fmt].render(table)
+    return chosen.render(table)

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from tlbench.leaderboard import protocol_of
+from tlbench.leaderboard import chosen_format, protocol_of
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get
 from tlbench.spec import axis_value_text
@@ -300,16 +300,15 @@ def render_pivot(records: Iterable[Any], key: str, fmt: str, formats: Mapping[st
                  dataset: str | None = None) -> str:
     """``tlbench leaderboard --pivot KEY``: a table per dataset x backbone in text formats (under a heading line),
     one table with dataset and backbone columns in csv and json."""
-    if fmt not in formats:
-        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(sorted(formats))}")
+    chosen = chosen_format(formats, fmt)
     records = [r for r in records if dataset is None or get(r, "trial.dataset") == dataset]
     if not records:
         raise UsageError("no records" + (f" for dataset {dataset!r}" if dataset else ""))
     check_pivot_key(records, key)
     blocks = [b for b in pivot_blocks(records, key) if b.rows]
     if fmt in MACHINE_FORMATS:
-        return formats[fmt].render(pivot_table(blocks))
-    return "\n\n".join(f"{b.dataset} / {b.backbone}\n\n" + formats[fmt].render(pivot_table([b], with_block=False))
+        return chosen.render(pivot_table(blocks))
+    return "\n\n".join(f"{b.dataset} / {b.backbone}\n\n" + chosen.render(pivot_table([b], with_block=False))
                        for b in blocks)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Mapping, Sequence
 
+from tlbench.leaderboard import percent
 from tlbench.plan import Trial, build_trials
 from tlbench.publishing import LeaderboardTable
 from tlbench.record_fields import get
@@ -120,9 +121,9 @@ def suite_table(records: Any, suite: Suite) -> LeaderboardTable:
                                  for name, mean in task_means.items()},
                        "groups": group_means, "mean_of_tasks": overall, "mean_of_groups": of_groups})
         row = {"backbone": backbone, "strategy": label}
-        row |= {name: _percent(mean) for name, mean in task_means.items()}
-        row |= {f"{group} mean": _percent(mean) for group, mean in group_means.items()}
-        row |= {"mean (tasks)": _percent(overall), "mean (groups)": _percent(of_groups)}
+        row |= {name: percent(mean) for name, mean in task_means.items()}
+        row |= {f"{group} mean": percent(mean) for group, mean in group_means.items()}
+        row |= {"mean (tasks)": percent(overall), "mean (groups)": percent(of_groups)}
         rows.append(row)
     seeds = sorted({n for value in values for task in value["tasks"].values() if (n := task["n"])})
     notes = [f"suite {suite.name}: test top-1 %, each task the mean over its seeds ({'/'.join(map(str, seeds))} "
@@ -137,7 +138,3 @@ def _mean(scores: Sequence[float]) -> float:
 
 def _mean_or_none(means: Sequence[float | None]) -> float | None:
     return None if not means or any(m is None for m in means) else _mean([m for m in means if m is not None])
-
-
-def _percent(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
