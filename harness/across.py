@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tlbench.leaderboard import chosen_format, group_records, percent
+from tlbench.leaderboard import DEFAULT_REFERENCE, chosen_format, group_records, percent
 from tlbench.pivot import names_apart
 from tlbench.publishing import LeaderboardFormat, LeaderboardTable
 from tlbench.record_fields import get
@@ -136,7 +136,7 @@ def _pick_reference(block: AcrossBlock, reference: str | None) -> None:
     if not complete:
         block.reference_note = "no strategy has scores on every task: no ranks, no probability of improvement"
         return
-    wanted = reference or "full"
+    wanted = reference or DEFAULT_REFERENCE
     matches = [r for r in block.rows if r.strategy == wanted] or [r for r in block.rows if r.name == wanted]
     if len(matches) > 1 and reference is None:
         matches = []  # several configurations of full: the default falls back to the best-ranked

@@ -534,10 +534,11 @@ def leaderboard(fmt: str, dataset: str | None, columns: str | None, wide: bool, 
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
               show_default=True, help="The HTML file to write (self-contained: no network request of any kind).")
 @click.option("--dataset", default=None, help="Only this dataset [default: every dataset in the records].")
-@click.option("--reference", default="full", show_default=True, metavar="STRATEGY",
-              help="The strategy the paired comparisons are made against.")
+@click.option("--reference", default=None, metavar="STRATEGY",
+              help="The strategy the paired comparisons are made against [default: full where a dataset has it; "
+                   "across tasks, the best-ranked strategy when full misses a task].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def report(results_dir: Path | None, out: Path, dataset: str | None, reference: str, quiet: bool) -> None:
+def report(results_dir: Path | None, out: Path, dataset: str | None, reference: str | None, quiet: bool) -> None:
     """A self-contained HTML report: leaderboard, plots, paired statistics, protocol, environment."""
     store = ResultStore(results_dir or default_results_dir(), warn=_warn_line)
     if not store.root.is_dir():

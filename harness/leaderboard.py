@@ -42,6 +42,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "cache": ("feature cache", "metrics.feature_cache", "bool"),
     "status": ("status", "", "status"),
 }
+DEFAULT_REFERENCE = "full"  # what the report compares with and --across measures P(better) against by default
 DEFAULT_COLUMNS = ("test", "n", "ci95", "val", "train_ips", "eval_ips", "memory", "time", "status")
 WIDE_COLUMNS = ("test", "n", "ci95", "val", "test5", "epoch", "train_ips", "train_gflops_s", "eval_ips", "memory",
                 "gflops", "train_gflops", "trainable", "cache", "time", "status")

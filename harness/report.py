@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from tlbench.errors import printable
-from tlbench.leaderboard import (build_table, check_reference, group_id, group_records, is_reference,
-                                 paired_comparisons, variance_note)
+from tlbench.leaderboard import (DEFAULT_REFERENCE, build_table, check_reference, group_id, group_records,
+                                 is_reference, paired_comparisons, variance_note)
 from tlbench.publishing import LeaderboardTable, ReportContext, ReportSection
 from tlbench.record_fields import as_dict, get
 from tlbench.requirements import Extra, missing_requirements, module_available
@@ -96,9 +96,10 @@ def _check_out(out: Path) -> Path:
     return out
 
 
-def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None,
+def dataset_contexts(records: Sequence[Any], reference: str | None, dataset: str | None,
                      figure: Callable[[Any, str], str], sweeps: Sequence[Any] = ()) -> list[ReportContext]:
-    """One context per dataset (sorted by name): its records, its leaderboard and the paired comparisons. With
+    """One context per dataset (sorted by name): its records, its leaderboard and the paired comparisons against
+    ``reference`` (an error when no record has it; None: against ``full`` in the datasets that have it). With
     ``sweeps`` (``tlbench run --tune``) the leaderboard has tuned rows, and the records a sweep ran only to choose
     are left out of the context, as from the leaderboard."""
     names = sorted({get(r, "trial.dataset") for r in records if get(r, "trial.dataset")})
@@ -106,7 +107,9 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
         if dataset not in names:
             raise UsageError(f"no records for dataset {dataset!r}; choose --dataset from {', '.join(names)}")
         names = [dataset]
-    check_reference(records, reference, option="--reference")
+    if reference is not None:
+        check_reference(records, reference, option="--reference")
+    reference = reference or DEFAULT_REFERENCE
     contexts = []
     for name in names:
         own_sweeps = [s for s in sweeps if s.dataset == name]
@@ -129,12 +132,14 @@ def dataset_contexts(records: Sequence[Any], reference: str, dataset: str | None
 
 
 def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dataset: str | None = None,
-                  reference: str = "full", progress: Callable[[str, int], Any] | None = None,
+                  reference: str | None = None, progress: Callable[[str, int], Any] | None = None,
                   source: str = "", sweeps: Sequence[Any] = (), warn: Callable[[str], None] | None = None) -> str:
     """The report's HTML text. ``progress(label, total)`` is a context manager yielding a bar with ``update(n)``
     (or None), advanced once per section per dataset. A section whose optional packages are missing (its
     ``requires``, or an ImportError while it renders) is left out with a note saying what to install, and
-    ``warn`` is told once."""
+    ``warn`` is told once. ``reference``: the strategy of the paired comparisons and of P(better) across tasks
+    (None: ``full`` where there is one, and across tasks the best-ranked strategy when ``full`` misses a task).
+    """
     if module_available("matplotlib"):
         _configure_matplotlib()
     records = [as_dict(r) for r in records]
@@ -157,7 +162,7 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
                 if bar is not None:
                     bar.update(1)
         shown = [r for context in contexts for r in context.records]
-        across = ReportContext("", shown, LeaderboardTable([], []), reference, {}, "", figure,
+        across = ReportContext("", shown, LeaderboardTable([], []), reference or "", {}, "", figure,
                                [s for context in contexts for s in context.sweeps])
         fragments = []
         for section in overall:
@@ -181,8 +186,17 @@ def render_report(records: Iterable[Any], sections: Sequence[ReportSection], dat
             f"<title>tlbench report</title><style>{STYLE}</style></head><body>"
             f"<h1>tlbench report</h1><p class=\"muted\">{len(records)} records"
             f"{f' from {html.escape(source)}' if source else ''}; written {created} by tlbench {__version__}. "
-            f"Paired comparisons against <code>{html.escape(reference)}</code>.</p><nav>{nav}</nav>"
+            f"{_comparisons_line(contexts)}</p><nav>{nav}</nav>"
             + "".join(body) + "</body></html>\n")
+
+
+def _comparisons_line(contexts: Sequence[ReportContext]) -> str:
+    """The header's sentence on what the paired comparisons are made against."""
+    compared = sorted({c.reference for c in contexts if c.reference})
+    if not compared:
+        return (f"No paired comparisons: no dataset has records of {DEFAULT_REFERENCE}; choose a reference with "
+                f"<code>--reference STRATEGY</code>.")
+    return f"Paired comparisons against <code>{html.escape(', '.join(compared))}</code>."
 
 
 def _section_html(section: ReportSection, fragment: str, anchor: str) -> str:
@@ -205,7 +219,7 @@ def _render_section(section: ReportSection, context: ReportContext, left_out: di
 
 
 def write_report(records: Iterable[Any], out: Path, sections: Sequence[ReportSection], dataset: str | None = None,
-                 reference: str = "full", progress: Callable[[str, int], Any] | None = None,
+                 reference: str | None = None, progress: Callable[[str, int], Any] | None = None,
                  source: str = "", sweeps: Sequence[Any] = (), warn: Callable[[str], None] | None = None) -> Path:
     """Renders the report and writes it atomically to ``out``; nothing is written when anything fails."""
     out = _check_out(out)

@@ -418,8 +418,8 @@ def reproduce_section(context: ReportContext) -> str:
     return (f"<p>The commands that wrote these records (run from the tlbench checkout at commit "
             f"{html.escape(', '.join(commits) or 'unknown')}):</p>{recorded}"
             f"<p>Each trial again, with every recorded setting: <code>tlbench rerun KEY --print-only</code>. "
-            f"This report: <code>tlbench report --results-dir DIR --reference {html.escape(context.reference or 'full')}"
-            f"</code>.</p>")
+            f"This report: <code>tlbench report --results-dir DIR"
+            f"{f' --reference {html.escape(context.reference)}' if context.reference else ''}</code>.</p>")
 
 
 # --------------------------------------------------------------------------------------------- across tasks
@@ -433,8 +433,9 @@ def across_section(context: ReportContext) -> str:
     if not module_available("scipy"):
         return _notes([f"Left out: the statistics across tasks need scipy, which is not installed; install it "
                        f"with {STATISTICS}."])
-    # the report's --reference when it names one configuration (by label, else by strategy); otherwise (absent, or
-    # several: a --vary study has a full per value) the default rule: full when it is one, else the best-ranked
+    # the report's --reference when it names one configuration (by label, else by strategy); otherwise (not given,
+    # or several: a --vary study has a full per value) the default rule: full when it is one configuration with
+    # scores on every task, else the best-ranked
     by_label = {name for cell in cells.values() for name in cell if name == context.reference}
     by_name = {name for cell in cells.values() for name, entry in cell.items() if entry["name"] == context.reference}
     wanted = context.reference if len(by_label) == 1 or (not by_label and len(by_name) == 1) else None

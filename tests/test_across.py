@@ -372,6 +372,31 @@ def test_report_of_a_vary_study_over_two_datasets_uses_the_default_reference_rul
     assert "reference full @ data.train_size=300" in fragment, "several fulls: the best-ranked is the reference"
 
 
+def test_report_by_default_falls_back_as_the_leaderboard_does_and_keeps_an_explicit_reference():
+    # full misses d2: without --reference the report's P(better) is against the best-ranked strategy, as
+    # `tlbench leaderboard --across` does; `--reference full` given by hand stays full (no P(better)).
+    pytest.importorskip("scikit_posthocs", reason="the report extra")
+    scores = {d: {k: v for k, v in s.items() if not (d == "d2" and k == "full")} for d, s in SCORES.items()}
+    scores["d3"]["partial"] = [0.88, 0.89, 0.885]
+    default = _report(records_of(scores))
+    fragment = _across_fragment(default)
+    assert "reference partial" in fragment and "full misses d2 / b: the reference is the best-ranked" in fragment
+    assert "Paired comparisons against <code>full</code>." in default, "d1 and d3 still compare with full"
+    explicit = _across_fragment(_report(records_of(scores), reference="full"))
+    assert "reference partial" not in explicit and "no probability of improvement over it" in explicit
+
+
+def test_report_without_full_records_renders_with_no_paired_comparison_and_says_so():
+    # `tlbench run -s frozen -s scratch`, then `tlbench report`: no error; the header says how to choose one
+    scores = {d: {k: v for k, v in s.items() if k in ("frozen", "scratch")} for d, s in SCORES.items()}
+    page = _report(records_of(scores))
+    assert "No paired comparisons: no dataset has records of full" in page and "--reference STRATEGY" in page
+    assert 'id="d1-leaderboard"' in page
+    with pytest.raises(tlbench.UsageError, match="no records of strategy 'full' to compare with"):
+        _report(records_of(scores), reference="full")
+    assert "Paired comparisons against <code>frozen</code>." in _report(records_of(scores), reference="frozen")
+
+
 def test_report_without_cross_task_section_for_one_task_and_says_why_no_diagram_for_two_strategies():
     page = _report(records_of({"d1": SCORES["d1"]}))
     assert _across_fragment(page) is None and "Across tasks" not in page
