@@ -316,6 +316,13 @@ def build_grid_trials(spec: RunSpec, names: GridNames, registered: Mapping[str, 
     return sorted(trials.values(), key=lambda t: (dataset_order[t.dataset], backbone_order[t.backbone]))
 
 
+def axis_values_text(trial: Trial, axes: Mapping[str, Sequence[Any]]) -> str:
+    """``--vary values KEY=V ...``: the axis values a trial was built with (those that differ from the defaults,
+    as its overrides hold them), the prefix of an error found in it; "" without axes."""
+    shown = " ".join(f"{key}={setting_text(trial.overrides[key])}" for key in axes if key in trial.overrides)
+    return f"--vary values {shown}" if shown else ""
+
+
 def check_grid_size(count: int, described: str, fix: str) -> None:
     """Refuse, before planning it, a grid whose trials alone would not fit in this machine's memory (e.g.
     ``--seeds 1000000000000``): one line saying how many trials, what they need and what is available."""
@@ -445,7 +452,7 @@ def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugin
             check_batch_memory(pending, driver_device)
         checker = (grid.local_worker().runner if in_process
                    else TrialRunner(plugins, driver_device or torch.device("cpu")))
-        checker.check(pending)
+        checker.check(pending, where=lambda trial: axis_values_text(trial, spec.axes))
         check_ready = getattr(chosen_executor, "check_ready", None)
         if check_ready is not None:  # connectivity and resources (a cluster), still before anything is written
             check_ready(options, spec.device)

@@ -11,7 +11,7 @@ import time
 import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -90,9 +90,10 @@ class TrialRunner:
         protocol["eval_batch_size"] = resolve_eval_batch_size(self.device, protocol["eval_batch_size"])
         return protocol
 
-    def check(self, trials: list[Trial]) -> None:
+    def check(self, trials: list[Trial], where: Callable[[Trial], str] | None = None) -> None:
         """Everything that can be wrong with the input, found before anything runs or is written: names, data,
-        and each strategy's plan against each backbone's groups."""
+        and each strategy's plan against each backbone's groups. ``where(trial)``: a prefix naming what made the
+        trial that failed (e.g. its ``--vary`` values), put before the error; "" for none."""
         hint = self.plugins.failure_hint()
         needs_weights: dict[str, bool] = {}
         for trial in trials:
@@ -101,30 +102,41 @@ class TrialRunner:
         built: dict[str, Any] = {}
         checked: set[str] = set()
         for trial in trials:
-            data = self.load_data(trial)
-            if trial.backbone not in built:
-                # Built once for real, so missing weights (offline) are reported now, not by every trial later.
-                family, argument = self.plugins.backbones.resolve(trial.backbone, hint)
-                built[trial.backbone] = family.build(argument, len(data.splits.classes),
-                                                     pretrained=needs_weights[trial.backbone])
-            if trial.protocol.get("head_init", "pytorch") != "pytorch" and final_linear(
-                    built[trial.backbone].head) is None:
-                raise UsageError(f"head_init={trial.protocol['head_init']} needs an nn.Linear in the head of "
-                                 f"{trial.backbone}, which has none; use --set head_init=pytorch")
-            if trial.group in checked:  # seeds of one configuration share their plan
-                continue
-            checked.add(trial.group)
-            strategy = self.plugins.strategies.get(trial.strategy, hint)
-            backbone = built[trial.backbone]
             try:
-                plan = strategy_plan(strategy, backbone.group_names, trial.hparams, trial.backbone)
-                check_phases(plan.all_phases(), backbone.group_names, trial.protocol["epochs"], strategy.name)
-                if plan.surgery is not None:  # on a copy: e.g. adapters that find no module to wrap
-                    apply_surgery(copy.deepcopy(backbone), plan)
-            except UsageError:
-                raise
-            except Exception:  # a plugin bug, not bad input: that trial fails (and is recorded) when it runs
-                pass
+                self._check_trial(trial, hint, needs_weights, built, checked)
+            except UsageError as exc:
+                prefix = where(trial) if where is not None else ""
+                if not prefix:
+                    raise
+                raise UsageError(f"{prefix}: {exc}") from None
+
+    def _check_trial(self, trial: Trial, hint: str, needs_weights: Mapping[str, bool], built: dict[str, Any],
+                     checked: set[str]) -> None:
+        """:meth:`check` for one trial; ``built`` (backbones) and ``checked`` (plan groups) are shared."""
+        data = self.load_data(trial)
+        if trial.backbone not in built:
+            # Built once for real, so missing weights (offline) are reported now, not by every trial later.
+            family, argument = self.plugins.backbones.resolve(trial.backbone, hint)
+            built[trial.backbone] = family.build(argument, len(data.splits.classes),
+                                                 pretrained=needs_weights[trial.backbone])
+        if trial.protocol.get("head_init", "pytorch") != "pytorch" and final_linear(
+                built[trial.backbone].head) is None:
+            raise UsageError(f"head_init={trial.protocol['head_init']} needs an nn.Linear in the head of "
+                             f"{trial.backbone}, which has none; use --set head_init=pytorch")
+        if trial.group in checked:  # seeds of one configuration share their plan
+            return
+        checked.add(trial.group)
+        strategy = self.plugins.strategies.get(trial.strategy, hint)
+        backbone = built[trial.backbone]
+        try:
+            plan = strategy_plan(strategy, backbone.group_names, trial.hparams, trial.backbone)
+            check_phases(plan.all_phases(), backbone.group_names, trial.protocol["epochs"], strategy.name)
+            if plan.surgery is not None:  # on a copy: e.g. adapters that find no module to wrap
+                apply_surgery(copy.deepcopy(backbone), plan)
+        except UsageError:
+            raise
+        except Exception:  # a plugin bug, not bad input: that trial fails (and is recorded) when it runs
+            pass
 
     # ------------------------------------------------------------------------------------------------- a trial
     def run(self, trial: Trial, command: str = "") -> Record:

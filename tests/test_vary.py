@@ -154,6 +154,9 @@ def test_the_combinations_run_on_another_executor(tiny_backbone, tmp_path):
     (["--vary", "full.lr=0.1,0.01"], "--vary full.lr varies nothing: strategy 'full' is not in this grid; "
                                      "add -s full or drop the axis"),
     (["--vary", "image_size=64,4"], "--vary values image_size=4: image_size must be an integer >= 8"),
+    # refused by the dataset when the grid is checked, after it was built: still named by the axis values
+    (["--vary", "data.train_size=32,0"], "--vary values data.train_size=0: data.train_size must be an integer >= 1"),
+    (["--vary", "data.num_classes=4,1"], "--vary values data.num_classes=1: data.num_classes must be an integer >= 2"),
     (["--tune", "--vary", "epochs=1,2"], "--vary does not combine with --tune"),
     (["--set", "epochs=0", "--vary", "image_size=64,96"], "Error: epochs must be an integer >= 1"),  # not the axis
 ])
