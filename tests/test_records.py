@@ -256,7 +256,7 @@ def test_a_signal_before_any_trial_runs_is_a_clean_stop_too(tmp_path, tiny_backb
     from tlbench.grid import GridInterrupted
     from tlbench.runner import TrialRunner
 
-    def interrupted(self, trials):
+    def interrupted(self, trials, where=None):
         raise interrupt if isinstance(interrupt, BaseException) else GridInterrupted(interrupt, code)
 
     monkeypatch.setattr(TrialRunner, "check", interrupted)
