@@ -104,7 +104,27 @@ def group_records(records: Iterable[dict[str, Any]], dataset: str | None = None,
                         "ok": [r for r in found if get(r, "status") == "ok"],
                         "failed": [r for r in found if get(r, "status") != "ok"],
                         "data": json.dumps(get(first, "trial.data", {}), sort_keys=True, default=str)})
+    _tell_sweeps_apart([e for e in entries if e["tuned"]])
     return entries
+
+
+def _tell_sweeps_apart(tuned: Sequence[dict[str, Any]]) -> None:
+    """Several sweeps of one dataset x backbone x strategy x data (``--tune`` run again with another budget,
+    ``--tune-extensions``, halving or seeds) are separate tuned rows: each row's ``tuning`` and tuned name get
+    the settings that differ (``[extensions 4]``), or the sweep key when none does."""
+    by_task: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for entry in tuned:
+        by_task.setdefault((entry["dataset"], entry["backbone"], entry["name"], entry["data"]), []).append(entry)
+    for same in by_task.values():
+        if len(same) < 2:
+            continue
+        settings = [entry["sweep"].tuning_settings for entry in same]
+        differ = [name for name in settings[0] if len({s[name] for s in settings}) > 1]
+        for entry, setting in zip(same, settings):
+            shown = (", ".join(f"{name} {setting[name]}" for name in differ) if differ
+                     else f"sweep {entry['sweep'].key}")
+            entry["tuning"] += f" [{shown}]"
+            entry["strategy_tuned"] = entry["strategy_tuned"][:-len(")")] + f", {shown})"
 
 
 def protocol_of(record: Any) -> int:
@@ -276,6 +296,9 @@ def reference_group(groups: Sequence[dict[str, Any]], reference: str,
         return g["dataset"], g["backbone"], g["data"], g.get("tuned", False), g.get("protocol", PROTOCOL_VERSION)
 
     place = [g for g in groups if place_of(g) == place_of(group)]
+    if group.get("sweep") is not None:  # a tuned row: the reference's sweep run with the same --tune settings
+        settings = group["sweep"].tuning_settings
+        place = [g for g in place if g["sweep"].tuning_settings == settings] or place
     exact = [g for g in place if g["strategy"] == reference]
     if exact:
         return exact[0]

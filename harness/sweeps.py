@@ -81,6 +81,15 @@ class Sweep:
         return f"best of {self.configurations} on val{shown}: {values}"
 
     @property
+    def tuning_settings(self) -> dict[str, str]:
+        """What the ``tlbench run --tune`` that ran this sweep was given, as its options name it (two sweeps of one
+        strategy are told apart by the entries that differ)."""
+        return {"budget": str(self.budget.get("configurations", "?")), "extensions": str(self.extensions),
+                "halving": "on" if self.halving else "off",
+                "selection seeds": ",".join(map(str, self.selection_seeds)),
+                "reporting seeds": ",".join(map(str, self.reporting_seeds))}
+
+    @property
     def edge_text(self) -> str:
         """How the leaderboard and the report mark a choice still on an edge ("" when it is not)."""
         return "; ".join(f"edge: {edge}" for edge in self.edges)

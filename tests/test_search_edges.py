@@ -174,6 +174,31 @@ def test_the_edge_is_marked_in_the_leaderboard_and_report_when_the_limit_is_hit(
     assert "edge: lr=0.01 is the largest tried" in html
 
 
+def test_a_sweep_run_again_with_more_extensions_is_its_own_row_told_apart_and_paired_alike(tmp_path):
+    # the evidence run's case: a choice still on an edge after 2 extensions, `--tune-extensions 3` run over the
+    # same folder; both sweeps stay (each is its own protocol), named by what differs, each paired with the
+    # reference's sweep of the same --tune settings
+    tune(tmp_path, strategies=("peaked", "inside"), extensions=2)
+    result = tune(tmp_path, strategies=("peaked", "inside"), extensions=3)
+    assert result.exit_code == 0
+    store = ResultStore(tmp_path / "results")
+    sweeps = store.sweeps()
+    assert len(sweeps) == 4
+    table = build_table(store.records(), sweeps=sweeps, vs="inside")
+    tuned = sorted(row["tuning"] for row in table.values if row["tuning"].startswith("best of"))
+    assert tuned == ["best of 3 on val: lr=0.01 [extensions 2]", "best of 3 on val: lr=0.01 [extensions 3]",
+                     "best of 5 on val (2 by extension): lr=0.01; edge: lr=0.01 is the largest tried [extensions 2]",
+                     "best of 6 on val (3 by extension): lr=0.01 [extensions 3]"]
+    from tlbench.leaderboard import group_records, reference_group
+    groups = group_records(store.records(), sweeps=sweeps)
+    for group in (g for g in groups if g.get("tuned") and g["name"] == "peaked"):
+        partner = reference_group(groups, "inside", group)
+        assert partner["sweep"].extensions == group["sweep"].extensions
+    assert {g["strategy_tuned"] for g in groups if g.get("tuned")} == {
+        "peaked (tuned, extensions 2)", "peaked (tuned, extensions 3)", "inside (tuned, extensions 2)",
+        "inside (tuned, extensions 3)"}
+
+
 def test_without_extensions_the_edge_is_only_marked(tmp_path):
     (sweep,) = tune(tmp_path, extensions=0).sweeps
     assert lrs(sweep) == [1e-4, 3e-4, 1e-3] and sweep.edges == ["lr=0.001 is the largest tried"]
