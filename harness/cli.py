@@ -241,7 +241,8 @@ def _weights_note(record: Any) -> str:
 @click.option("--tune-budget", type=int, default=None, metavar="K",
               help="Configurations per strategy with --tune (the same K for every strategy) [default: 4].")
 @click.option("--tune-extensions", type=int, default=None, metavar="N",
-              help="With --tune: times a choice on the edge of an ordered axis extends it one step [default: 2].")
+              help="With --tune: times a choice on the edge of an ordered axis extends it one step [default: "
+                   f"{DEFAULT_EXTENSIONS}].")
 @click.option("--tune-halving", is_flag=True,
               help="With --tune: successive halving on validation (fewer epochs first, the better half continued).")
 @click.option("--save-models", type=click.Choice(["none", "best", "all"]), default="best", show_default=True,

@@ -22,7 +22,7 @@ from tlbench.types import UsageError
 REDO = ("none", "failed", "all")  # which trials that have a record run again: --retry-failed, --force
 SAVE_MODELS = ("none", "best", "all")
 DEFAULT_BUDGET = 4
-DEFAULT_EXTENSIONS = 2  # how often the edge rule may extend an ordered axis past the choice (tlbench.tuning)
+DEFAULT_EXTENSIONS = 4  # how often the edge rule may extend an ordered axis past the choice (tlbench.tuning)
 # --vary with --tune: refused (by the CLI and by tune_grid), in these words
 AXES_NOT_TUNED = ("--vary does not combine with --tune (each value would need its own tuning); run one --tune per "
                   "value with --set KEY=VALUE, or drop --tune")

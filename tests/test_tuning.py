@@ -27,7 +27,7 @@ from tlbench.plan import build_trials
 from tlbench.registry import Plugins
 from tlbench.store import ResultStore
 from tlbench.search_space import check_search_space, configurations, sample_configurations, search_space
-from tlbench.spec import DEFAULT_BUDGET
+from tlbench.spec import DEFAULT_BUDGET, DEFAULT_EXTENSIONS
 from tlbench.sweeps import Candidate, Sweep, choose
 
 CLASSES = 3
@@ -267,8 +267,9 @@ def test_every_strategy_gets_the_same_budget_and_it_is_recorded(tmp_path):
     assert set(budgets) == {"knob", "knob2", "frozen"}
     assert len({json.dumps({k: v for k, v in b.items() if k != "space_size"}) for b in budgets.values()}) == 1
     assert budgets["frozen"] == {"configurations": 2, "space_size": 9, "epochs_per_configuration": 3,
-                                 "selection_seeds": 1, "trials": 2, "epochs": 6, "extensions": 2, "halving": [],
-                                 "maximum_trials": 4, "maximum_epochs": 12}
+                                 "selection_seeds": 1, "trials": 2, "epochs": 6, "extensions": DEFAULT_EXTENSIONS,
+                                 "halving": [], "maximum_trials": 2 + DEFAULT_EXTENSIONS,
+                                 "maximum_epochs": 3 * (2 + DEFAULT_EXTENSIONS)}
     sweeps = {s.strategy: s for s in ResultStore(tmp_path / "results").sweeps()}
     drawn = {name: [c for c in s.candidates if not c.extension] for name, s in sweeps.items()}
     assert {name: len(c) for name, c in drawn.items()} == {"knob": 2, "knob2": 2, "frozen": 2}
