@@ -28,8 +28,7 @@ def _scores(records) -> dict[int, float]:
     return {get(r, "trial.seed"): get(r, "metrics.test_top1") for r in records if r.ok}
 
 
-def _mean_std(values) -> str:
-    interval = t_interval(values)
+def _mean_std(interval) -> str:
     return f"{100 * interval.mean:.1f} ± {100 * (interval.std or 0):.1f}"
 
 
@@ -58,19 +57,18 @@ def main(argv=None) -> int:
         if not seeds or len(tuned) < len(sweep.reporting_seeds):
             missing.append(f"{sweep.strategy}: tuned seeds {sorted(tuned)}, default seeds {sorted(defaults)}")
             continue
+        default, chosen = t_interval([defaults[s] for s in seeds]), t_interval([tuned[s] for s in seeds])
         difference = t_interval([tuned[s] - defaults[s] for s in seeds])
         spent = sweep.budget.get("spent", {})
         half = difference.half_width
         rows.append({
             "dataset": sweep.dataset, "backbone": sweep.backbone, "strategy": sweep.strategy,
-            "default_mean": sum(defaults[s] for s in seeds) / len(seeds),
-            "default": _mean_std([defaults[s] for s in seeds]),
+            "default_mean": default.mean, "default": _mean_std(default),
             "chosen": ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in sweep.chosen_config.items()),
             "edge": sweep.edge_text or "no",
             "configurations": f"{spent.get('configurations', '?')} ({spent.get('extensions', 0)} by extension)",
-            "tuned_mean": sum(tuned[s] for s in seeds) / len(seeds),
-            "tuned": _mean_std([tuned[s] for s in seeds]),
+            "tuned_mean": chosen.mean, "tuned": _mean_std(chosen),
             "difference": (f"{100 * difference.mean:+.1f}" + (f" [{100 * (difference.mean - half):+.1f}, "
                                                               f"{100 * (difference.mean + half):+.1f}]"
                                                               if half is not None else "")),

@@ -124,7 +124,7 @@ def _tell_sweeps_apart(tuned: Sequence[dict[str, Any]]) -> None:
             shown = (", ".join(f"{name} {setting[name]}" for name in differ) if differ
                      else f"sweep {entry['sweep'].key}")
             entry["tuning"] += f" [{shown}]"
-            entry["strategy_tuned"] = entry["strategy_tuned"][:-len(")")] + f", {shown})"
+            entry["strategy_tuned"] = entry["strategy_tuned"].removesuffix(")") + f", {shown})"
 
 
 def protocol_of(record: Any) -> int:
