@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from tlbench.freeze import AppliedPhase, apply_phase, describe, recalibrate_batchnorm, regroup_after_surgery
-from tlbench.measure import train_step_flops
-from tlbench.prefix_cache import CachedPrefix, PrefixPlan, plan_prefix
+from tlbench.measure import Stopwatch, train_step_flops
+from tlbench.prefix_cache import MIB, CachedPrefix, PrefixPlan, plan_prefix
 from tlbench.preprocess import DevicePreprocessor
 from tlbench.shared_phases import (SharedPhase, TrialSharing, merge_best, phase_key, rng_states, set_rng_states,
                                    start_key)
@@ -60,6 +60,7 @@ class PlanOutcome:
     total_params: int
     prefix_seconds: float | None = None  # None: no phase used the frozen-prefix cache
     prefix_flops: float = 0.0  # forward FLOPs this trial spent computing cached prefix activations
+    preprocessed_once: dict[str, Any] | None = None  # _EndToEndSplits.record (None: no phase read the images)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -155,8 +156,7 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     steps_per_epoch = max(1, len(splits.train_labels) // protocol["batch_size"])
     epochs = [phase.resolved_epochs(protocol["epochs"]) for phase in phases]
     autocast = autocast_context(device, protocol["amp"])
-    train = Split(splits.train_images, splits.train_labels, prep.train, prep.eval)
-    val = Split(splits.val_images, splits.val_labels, prep.train, prep.eval)
+    images = _EndToEndSplits(splits, prep, protocol, device)
     needs_start = plan.loss_term is not None or plan.after_training is not None
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if needs_start else {}
     batch_size = protocol["batch_size"]
@@ -261,6 +261,7 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
                 flops = train_step_flops(prefix_plan.suffix, activations["val"][:2], num_classes) / 2
             else:
                 recalibrate = _recalibration(applied, train_model, prep, splits, protocol)
+                train, val = images.splits()
                 result = fit(train_model, train, val, applied.optimizer_groups, protocol, run=run,
                              phase=replace(fitting, best_tag=False, before_eval=recalibrate))
                 flops = train_step_flops(model, prep.eval(splits.val_images[:2]), num_classes) / 2
@@ -287,6 +288,7 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     tag = best.tag  # True: cached features describe the best weights; a PrefixPlan: cached prefix activations do
     if plan.after_training is not None:
         before_eval = _recalibration(last.applied, train_model, prep, splits, protocol)
+        val = images.splits()[1]
 
         def score_val() -> float:
             model.eval()
@@ -321,7 +323,7 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     params = dict(model.named_parameters())
     return PlanOutcome(outcomes, best, final_val, test, eval_rate, feature_seconds, surgery, after_record,
                        sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()),
-                       prefix_seconds, prefix_flops)
+                       prefix_seconds, prefix_flops, images.record)
 
 
 class _StepRuntime:
@@ -420,6 +422,51 @@ def _phase_definition(model: nn.Module, applied: AppliedPhase, phase: Any, epoch
             "trainable": sorted(applied.trainable_names), "recalibrate": len(applied.recalibrate),
             "batchnorm": None if on_features else phase.batchnorm,  # on cached features no BatchNorm runs
             "training_modules": None if on_features else [n for n, m in model.named_modules() if m.training]}
+
+
+class _EndToEndSplits:
+    """The training and validation splits of the phases that read images (end to end, and the after-training step).
+
+    Without augmentation a training image is preprocessed the same way every epoch, and a validation image every
+    time it is scored, so both splits are preprocessed once, on the first request, in batches of the evaluation
+    batch size, and the phases slice the result: the same inputs bit for bit (the preprocessing of an image does
+    not depend on the batch it is in; tests/test_preprocessed_once.py), the work of one epoch instead of one per
+    epoch. With augmentation only the validation split is. Only when the preprocessed splits fit
+    ``prefix_cache_mib`` (the budget for cached inputs that a frozen function of the image computes: preprocessing
+    is the first such function); otherwise, or with the budget 0, every batch is preprocessed as it is read.
+    ``record`` says which (None until requested)."""
+
+    def __init__(self, splits: ImageSplits, prep: DevicePreprocessor, protocol: Mapping[str, Any],
+                 device: torch.device):
+        self.data, self.prep, self.protocol, self.device = splits, prep, protocol, device
+        self._splits: tuple[Split, Split] | None = None
+        self.record: dict[str, Any] | None = None
+
+    def splits(self) -> tuple[Split, Split]:
+        if self._splits is None:
+            self._splits = self._make()
+        return self._splits
+
+    def _make(self) -> tuple[Split, Split]:
+        data, prep = self.data, self.prep
+        raw = {"train": Split(data.train_images, data.train_labels, prep.train, prep.eval),
+               "val": Split(data.val_images, data.val_labels, prep.train, prep.eval)}
+        names = ("train", "val") if prep.augment == "none" else ("val",)  # augmented: differs every epoch
+        budget = float(self.protocol.get("prefix_cache_mib") or 0)
+        mib = sum(len(raw[n]) for n in names) * 3 * prep.size ** 2 * torch.finfo(prep.dtype).bits / 8 / MIB
+        if budget <= 0 or mib > budget:
+            self.record = {"used": False, "reason": "prefix_cache_mib is 0" if budget <= 0 else (
+                f"the preprocessed splits ({mib:.0f} MiB) would not fit prefix_cache_mib ({budget:g})")}
+            return raw["train"], raw["val"]
+        batch = int(self.protocol["eval_batch_size"])
+        with Stopwatch(self.device) as watch:
+            for name in names:
+                images = raw[name].inputs
+                prepared = torch.cat([prep.eval(images[lo:lo + batch]) for lo in range(0, len(images), batch)])
+                raw[name] = _cached_split(prepared, raw[name].labels, prep.channels_last)
+        self.record = {"used": True, "splits": list(names), "mib": round(mib, 1), "seconds": watch.seconds} | (
+            {} if "train" in names else {"train": "augmented: preprocessed batch by batch, differently every epoch"})
+        return raw["train"], raw["val"]
 
 
 def _feature_split(inputs: torch.Tensor, labels: torch.Tensor) -> Split:

@@ -29,8 +29,8 @@ from tlbench.records import SCHEMA_VERSION, Record, RecordError, failed_record
 from tlbench.registry import Plugins
 from tlbench.shared_phases import SHARED_PHASES_ENV, SharedPhases, TrialSharing
 from tlbench.store import write_weights
-from tlbench.trainer import (TrialDiverged, autocast_context, extract_features, resolve_amp, resolve_channels_last,
-                             resolve_eval_batch_size)
+from tlbench.trainer import (ADAMW_OPTIONS, TrialDiverged, autocast_context, extract_features, resolve_amp,
+                             resolve_channels_last, resolve_eval_batch_size)
 from tlbench.types import ImageSplits, UsageError
 
 
@@ -250,6 +250,8 @@ class TrialRunner:
                 "cudnn_benchmark": torch.backends.cudnn.benchmark if self.device.type == "cuda" else None,
                 "torch_threads": torch.get_num_threads(),
                 "shared_phases": self._shared_phases is not None,
+                "preprocessed_once": outcome.preprocessed_once,
+                "optimizer": {"class": "torch.optim.AdamW", **ADAMW_OPTIONS},
             },
             "plan": {  # the last phase at the top (one-phase plans: the plan), every phase under "phases"
                 "learning_rates": last.record["learning_rates"], "batchnorm": last.record["batchnorm"],

@@ -22,6 +22,11 @@ from tlbench.measure import synchronize
 
 WARMUP_STEPS = 3  # training steps excluded from throughput (allocator, cudnn autotuning, compile)
 WARMUP_COPY_STEPS = 2  # untimed steps on a copy of the model before a phase trains (see warm_up)
+# AdamW's multi-tensor implementation (torch._foreach_* ops): torch's default on CUDA; on the CPU it runs the same
+# per-tensor kernels in the same order as the per-tensor loop torch defaults to there, so the weights are
+# bit-identical (tests/test_preprocessed_once.py), with one Python call per operation instead of one per tensor:
+# 14.8 ms instead of 16.4 ms per optimizer step on efficientnet_lite0 (2-core CPU, 2026-12-03).
+ADAMW_OPTIONS = {"foreach": True}
 
 
 class TrialDiverged(RuntimeError):
@@ -186,7 +191,7 @@ def warm_up(model: nn.Module, train: Split, val: Split, batch_size: int, eval_ba
     start = time.perf_counter()
     twin = copy.deepcopy(model)
     params = [p for p in twin.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=0.0) if params else None
+    optimizer = torch.optim.AdamW(params, lr=0.0, **ADAMW_OPTIONS) if params else None
     eval_shapes = sorted({min(eval_batch_size, len(val)), len(val) % eval_batch_size} - {0})
     gen_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=gen_devices):
@@ -307,7 +312,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
     batch_size = protocol["batch_size"]
     autocast = autocast_context(device, protocol["amp"])
     scaler = torch.amp.GradScaler(device.type) if resolve_amp(device, protocol["amp"]) == "fp16" else None
-    optimizer = torch.optim.AdamW(optimizer_groups, lr=optimizer_groups[0]["lr"])
+    optimizer = torch.optim.AdamW(optimizer_groups, lr=optimizer_groups[0]["lr"], **ADAMW_OPTIONS)
     # Full batches only (as timm's loaders do): a last batch of one image breaks BatchNorm in train mode.
     steps_per_epoch = max(1, len(train) // batch_size)
     span = phase.span or ScheduleSpan(epochs * steps_per_epoch)
