@@ -9,7 +9,10 @@ next to another torch process (which spins too). No spinning (``OMP_WAIT_POLICY=
 but pays a sleep and a wake-up per kernel: two thirds of the idle speed. No single spin count keeps both, so
 tlbench looks once, when it is imported, at how busy the machine is: if other processes keep at least
 :data:`SHARED_CORES` of its cores busy, idle threads spin :data:`SHARED_SPINCOUNT` iterations (about 10 us), else
-:data:`IDLE_SPINCOUNT` (about 160 us: the idle speed of the default, and some protection if the load comes later).
+:data:`IDLE_SPINCOUNT`, libgomp's own default, set explicitly so that child processes inherit it. (A shorter idle
+spin, 5000, kept a bare step loop's idle speed but not tlbench's: on an idle 2-core AMD EPYC its threads slept
+483,000 times in a run of eleven strategies, against 6,800 with the default, and the run kept 1.74 of the 2 cores
+busy instead of 1.96.) Load that arrives after tlbench started meets the default, as it would a bare PyTorch loop.
 Measured by ``benchmarks/test_speed_v3.py``; figures on docs/results.md, the user documentation on
 docs/scaling-out.md. The spin count never changes a result: only the thread count does, and tlbench leaves that
 alone.
@@ -30,17 +33,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-# libgomp's spin iterations before an idle thread sleeps (its own default: 300000), when the machine was idle when
-# tlbench started, and when other processes kept at least SHARED_CORES cores busy.
-IDLE_SPINCOUNT = "5000"
+# libgomp's spin iterations before an idle thread sleeps, when the machine was idle when tlbench started (libgomp's
+# own default), and when other processes kept at least SHARED_CORES cores busy.
+LIBGOMP_DEFAULT_SPINCOUNT = "300000"
+IDLE_SPINCOUNT = LIBGOMP_DEFAULT_SPINCOUNT
 SHARED_SPINCOUNT = "300"
 SHARED_CORES = 0.5
 SAMPLE_S = 0.1  # how long tlbench watches the machine when it is imported
-LIBGOMP_DEFAULT_SPINCOUNT = "300000"
-WHY = ("libgomp's default spin (300000 iterations) made train steps 4-20x slower whenever another process competed "
-       "for a core; no spin (OMP_WAIT_POLICY=PASSIVE) cost a third of the idle speed; so tlbench spins "
-       f"{IDLE_SPINCOUNT} iterations when the machine is idle as it starts, {SHARED_SPINCOUNT} when other processes "
-       f"keep {SHARED_CORES:g} core or more busy (benchmarks/test_speed_v3.py)")
+WHY = ("libgomp's default spin (300000 iterations) made train steps 4-20x slower when another process was using a "
+       "core as tlbench started; no spin (OMP_WAIT_POLICY=PASSIVE) cost a third of the idle speed, and a short idle "
+       "spin (5000) made an idle run's threads sleep and wake 70 times as often; so tlbench keeps libgomp's default "
+       f"({IDLE_SPINCOUNT}) when the machine is idle as it starts and spins {SHARED_SPINCOUNT} iterations when "
+       f"other processes keep {SHARED_CORES:g} core or more busy (benchmarks/test_speed_v3.py)")
 # How OpenMP threads wait: if the user set either, tlbench sets nothing.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # Recorded as the process was given them (tlbench never sets these): thread counts, binding, the other runtimes'
