@@ -42,9 +42,9 @@ SHARED_CORES = 0.5
 SAMPLE_S = 0.1  # how long tlbench watches the machine when it is imported
 WHY = ("libgomp's default spin (300000 iterations) made train steps 4-20x slower when another process was using a "
        "core as tlbench started; no spin (OMP_WAIT_POLICY=PASSIVE) cost a third of the idle speed, and a short idle "
-       "spin (5000) made an idle run's threads sleep and wake 70 times as often; so tlbench keeps libgomp's default "
-       f"({IDLE_SPINCOUNT}) when the machine is idle as it starts and spins {SHARED_SPINCOUNT} iterations when "
-       f"other processes keep {SHARED_CORES:g} core or more busy (benchmarks/test_speed_v3.py)")
+       "spin (5000) made an idle run's threads sleep and wake 70-120 times as often; so tlbench keeps libgomp's "
+       f"default ({IDLE_SPINCOUNT}) when the machine is idle as it starts and spins {SHARED_SPINCOUNT} iterations "
+       f"when other processes keep {SHARED_CORES:g} core or more busy (benchmarks/test_speed_v3.py)")
 # How OpenMP threads wait: if the user set either, tlbench sets nothing.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # Recorded as the process was given them (tlbench never sets these): thread counts, binding, the other runtimes'
