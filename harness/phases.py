@@ -183,9 +183,9 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     run = FitRun(device, generator, num_classes, services.progress, epoch_hook)
     shared = services.shared
     # the key of the computation so far; None: this trial shares no (more) phases
-    # (a plan that acts on the batch is not shared either: the key does not describe its step)
+    # (nor does a plan with parts the key does not describe: TrainPlan.unshared_parts)
     chain = (start_key(shared.base, model, generator, device)
-             if shared is not None and plan.loss_term is None and surgery is None and not plan.uses_batch else None)
+             if shared is not None and not plan.unshared_parts else None)
     for index, phase in enumerate(phases):
         label = phase.name or str(index + 1)  # how the history and the record name this phase
         applied = apply_phase(model, group_of, backbone.group_names, phase, protocol["weight_decay"])

@@ -13,9 +13,10 @@ validation epoch (weights included), its history and timings, and the generators
 gives the reusing trial the state it would have computed (tests/test_shared_phases.py checks the records are
 identical to computing it again). The record of a reusing trial says which trial's phase it reused.
 
-Not shared: a phase of a plan with a loss term, model surgery or parts that act on the batch (a batch transform,
-a step loss, callbacks, feature layers: their computation depends on more than this key describes), a phase on the frozen-prefix cache, and a phase whose next phase continues its optimizer (the
-optimizer's moments are not kept). Entries are per worker process (trials of one run on one worker share them)
+Not shared: a phase of a plan with parts this key does not describe (``TrainPlan.unshared_parts``: a loss term,
+model surgery, a batch transform, a task loss, a step loss, callbacks, feature or reference layers), a phase on
+the frozen-prefix cache, and a phase whose next phase continues its optimizer (the optimizer's moments are not
+kept). Entries are per worker process (trials of one run on one worker share them)
 and bounded (MAX_MIB of tensors; the least recently used dropped).
 """
 from __future__ import annotations

@@ -162,8 +162,16 @@ class Phase:
 
     @property
     def batch_parts(self) -> list[str]:
-        """The parts of this phase that act on the batch or the step (no cache or shared phase runs them)."""
+        """The parts of this phase that act on the batch or the step: no cached features or prefix activations
+        stand in for running them."""
         return [name for name in ("batch_transform", "step_loss", "callbacks") if _present(getattr(self, name))]
+
+    @property
+    def unshared_parts(self) -> list[str]:
+        """The parts that make this phase compute what its shared-phase key does not describe
+        (:mod:`tlbench.shared_phases`): every step part but ``lr_scale``, which the optimizer groups carry."""
+        return [name for name in ("batch_transform", "task_loss", "step_loss", "callbacks")
+                if _present(getattr(self, name))]
 
     def resolved_epochs(self, trial_epochs: int) -> int:
         if self.epochs is None:
@@ -307,9 +315,12 @@ class TrainPlan:
         return [replace(p, **{k: v for k, v in inherited.items() if getattr(p, k) is None}) for p in phases]
 
     @property
-    def uses_batch(self) -> bool:
-        """Whether any part acts on the batch or the step beyond the task loss and learning rates."""
-        return bool(self.feature_layers or self.reference_layers) or any(p.batch_parts for p in self.all_phases())
+    def unshared_parts(self) -> list[str]:
+        """What keeps this plan's phases from being shared with another trial (:mod:`tlbench.shared_phases`): a
+        loss term, surgery, feature or reference layers, and each phase's :attr:`Phase.unshared_parts`."""
+        parts = [name for name in ("loss_term", "surgery", "feature_layers", "reference_layers")
+                 if _present(getattr(self, name))]
+        return parts + sorted({part for phase in self.all_phases() for part in phase.unshared_parts})
 
     def step_record(self) -> dict[str, Any] | None:
         """What the record says about the step parts (None: the plan has none)."""

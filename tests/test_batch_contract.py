@@ -268,3 +268,11 @@ def test_a_plan_with_batch_parts_is_never_a_shared_phase(tmp_path, tiny_backbone
     assert [p["shared_from"] for p in records["full-callback"].plan["phases"]] == [None]
     full, other = records["full"].metrics, records["full-callback"].metrics
     assert (full.val_top1, full.test_top1, full.history) == (other.val_top1, other.test_top1, other.history)
+
+
+def test_a_task_loss_is_never_a_shared_phase(tmp_path, tiny_backbone):
+    """A task-loss override at full's learning rate trains something else than full: never full's phase."""
+    records = grid(tmp_path, tiny_backbone, ["full", "focal"], settings=["full.lr=0.01"],
+                   plugins=with_strategies(Focal))
+    assert [p["shared_from"] for p in records["focal"].plan["phases"]] == [None]
+    assert records["focal"].metrics.history != records["full"].metrics.history
