@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import math
 import os
 import sys
@@ -28,6 +29,7 @@ from tlbench.record_hooks import record_finished
 from tlbench.records import Record, RecordError
 from tlbench.registry import Plugins
 from tlbench.runner import TrialRunner
+from tlbench.shared_phases import keeps_epoch_ends
 from tlbench.spec import RunSpec, setting_text
 from tlbench.splits import available_memory
 from tlbench.store import ResultStore, default_results_dir
@@ -465,11 +467,14 @@ def run_grid(spec: RunSpec, *, reporter: Reporter | None = None, plugins: Plugin
     versions = code_versions(plugins=plugins)
     job_executor = {"name": chosen_executor.name, "options": options}
     weights_dir = str(store.root.resolve()) if spec.save_models != "none" else None
+    # a trial whose phases a later one may replay epoch-end callbacks on keeps their weights at each epoch's end
+    keep = keeps_epoch_ends([((t.dataset, json.dumps(t.load_options, sort_keys=True, default=str), t.backbone),
+                              t.group) for t in pending], checker.epoch_end_replaying_groups) if pending else []
     jobs = [TrialJob(trial=trial.to_record(), device=spec.device, versions=versions,
                      third_party_plugins=grid.third_party, command=spec.command or "",
                      cache_dir=os.environ.get(CACHE_DIR_ENV) or None, progress=progress, executor=job_executor,
-                     weights_dir=weights_dir)
-            for trial in pending]
+                     weights_dir=weights_dir, keep_epoch_ends=kept)
+            for trial, kept in zip(pending, keep)]
     result.resume_command = spec.command or ""
     reporter.grid_started(result)
     session = ExecutionSession(grid, options)

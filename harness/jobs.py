@@ -59,6 +59,7 @@ class TrialJob:
     progress: str = "off"
     executor: Mapping[str, Any] = field(default_factory=dict)
     weights_dir: str | None = None
+    keep_epoch_ends: bool = False  # a later trial replays epoch-end callbacks on this one's phases (shared_phases)
 
     @property
     def key(self) -> str:
@@ -143,6 +144,7 @@ class Worker:
         with self.lock:  # one trial at a time per worker: timings and memory are per trial
             self.runner.progress = progress if progress is not None else make_progress(job.progress)
             self.runner.weights_dir = job.weights_dir
+            self.runner.keep_epoch_ends = job.keep_epoch_ends
             record = self.runner.run(trial, command=job.command)
         executor = {**dict(job.executor), "host": socket.gethostname(), "pid": os.getpid(),
                     "worker_baseline_rss_mib": round(self.baseline_kib / 1024, 1),

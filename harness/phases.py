@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -218,9 +218,14 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
                                                      on_features))
         chain = key  # a phase that cannot be keyed ends sharing for the rest of the trial
         continues = index + 1 < len(phases) and not phases[index + 1].restart  # would need the optimizer's moments
-        reused = shared.store.get(key) if shared is not None and key is not None and not continues else None
+        replays = bool(phase.callbacks)  # callbacks that only read the weights at epoch ends (unshared_parts)
+        reused = (shared.store.get(key, with_epoch_ends=replays) if shared is not None and key is not None
+                  and not continues else None)
         shared_from = None
         if reused is not None:  # exactly this phase was computed by another trial: take what it left behind
+            if replays:
+                _replay_epoch_ends(model, reused.epoch_ends or [], phase.callbacks, context, first_epoch,
+                                   sum(epochs[:index]) * steps_per_epoch, steps_per_epoch)
             model.load_state_dict(reused.end_state)
             set_rng_states(reused.rng_after, generator, device)
             merge_best(best, reused.best, phase.selectable)
@@ -231,11 +236,12 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
             flops = reused.flops_per_image
             if on_features:
                 feature_seconds = feature_seconds or 0.0
-            shared_from = {"trial": reused.origin, "phase": reused.label}
+            shared_from = {"trial": reused.origin, "phase": reused.label} | (
+                {"epoch_ends_replayed": len(reused.epoch_ends or [])} if replays else {})
         else:
             phase_best = BestEpoch() if key is not None else None
             if phase_best is not None:  # the phase's own best epoch, kept for reuse, offered to the trial's below
-                fitting = replace(fitting, best=phase_best, selectable=True)
+                fitting = replace(fitting, best=phase_best, selectable=True, keep_epoch_ends=shared.keep_epoch_ends)
             if on_features:
                 # the test split's features too when this phase's weights may be the ones tested (one pass for all)
                 may_be_tested = phase.selectable and plan.after_training is None
@@ -269,8 +275,10 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
                 merge_best(best, phase_best, phase.selectable)
                 shared.store.put(key, SharedPhase(shared.trial_key, label,
                                                   {k: v.detach().clone() for k, v in model.state_dict().items()},
-                                                  phase_best, result, flops_per_image=flops,
-                                                  rng_after=rng_states(generator, device)))
+                                                  phase_best, replace(result, epoch_ends=None), flops_per_image=flops,
+                                                  rng_after=rng_states(generator, device),
+                                                  epoch_ends=result.epoch_ends))
+                result = replace(result, epoch_ends=None)
         backbone_changed |= not applied.head_only
         first_epoch += epochs[index]
         record = _phase_record(label, phase, epochs[index], applied, on_features, result) | {
@@ -324,6 +332,21 @@ def run_plan(trial: BuiltTrial, services: PlanServices, *, device: torch.device,
     return PlanOutcome(outcomes, best, final_val, test, eval_rate, feature_seconds, surgery, after_record,
                        sum(params[n].numel() for n in trained), sum(p.numel() for p in params.values()),
                        prefix_seconds, prefix_flops, images.record)
+
+
+def _replay_epoch_ends(model: nn.Module, epoch_ends: Sequence[Mapping[str, torch.Tensor]],
+                       callbacks: Sequence[Any], context: TrainingContext, first_epoch: int, steps_before: int,
+                       steps_per_epoch: int) -> None:
+    """Give callbacks that only read the weights at epoch ends (``Callback.reads_epoch_ends_only``) what they would
+    have seen had this trial computed the reused phase: the model as each epoch ended, in training mode, with
+    ``ctx.epoch`` and ``ctx.step`` where training was."""
+    model.train()
+    for offset, state in enumerate(epoch_ends):
+        model.load_state_dict(state, strict=False)  # what the phase changed; the rest is as it started
+        context.epoch, context.step = first_epoch + offset, steps_before + (offset + 1) * steps_per_epoch
+        for callback in callbacks:
+            callback.on_epoch_end(context, context.epoch)
+    model.eval()
 
 
 class _StepRuntime:

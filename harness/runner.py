@@ -59,6 +59,11 @@ class TrialRunner:
                                else None)
         self._environment = environment(device)
         self.weights_dir: str | None = None  # set per job: where the trained weights go (None: not kept)
+        # set per job: a later trial of the run replays epoch-end callbacks on this trial's phases' weights, so
+        # they are kept (shared_phases); off otherwise, as they cost memory and the trial's peak would count them
+        self.keep_epoch_ends = False
+        # filled by check(): the groups (Trial.group) whose plans replay epoch-end callbacks on a shared phase
+        self.epoch_end_replaying_groups: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ shared inputs
     def data_key(self, trial: Trial) -> str:
@@ -131,6 +136,8 @@ class TrialRunner:
         try:
             plan = strategy_plan(strategy, backbone.group_names, trial.hparams, trial.backbone)
             check_phases(plan.all_phases(), backbone.group_names, trial.protocol["epochs"], strategy.name)
+            if plan.replays_epoch_ends:
+                self.epoch_end_replaying_groups.add(trial.group)
             if plan.surgery is not None:  # on a copy: e.g. adapters that find no module to wrap
                 apply_surgery(copy.deepcopy(backbone), plan)
         except UsageError:
@@ -218,7 +225,8 @@ class TrialRunner:
                                  splits, prep.eval, protocol, self.device,
                                  autocast_context(self.device, protocol["amp"])),
                     on_epoch=getattr(progress_bar, "epoch", None),
-                    shared=TrialSharing(self._shared_phases, trial.key, digest_of(
+                    shared=TrialSharing(self._shared_phases, trial.key, keep_epoch_ends=self.keep_epoch_ends,
+                                        base=digest_of(
                         self.data_key(trial), prep.describe(), prep.augment, prep.channels_last, dict(protocol),
                         str(self.device), torch.get_num_threads(), backbone.name, backbone.weights,
                         protocol["compile"])) if self._shared_phases is not None else None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Collection, Hashable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -92,27 +92,39 @@ class SharedPhase:
     record: dict[str, Any] = field(default_factory=dict)
     flops_per_image: float = 0.0
     rng_after: dict[str, Any] = field(default_factory=dict, repr=False)
+    # what changed in the model by each epoch's end (trainer.epoch_end_state), for replaying epoch-end callbacks
+    # that only read the weights (Callback.reads_epoch_ends_only); None: not kept, or dropped for the budget
+    epoch_ends: list[dict[str, torch.Tensor]] | None = field(default=None, repr=False)
 
 
 class SharedPhases:
-    """A worker's phases kept for reuse, by key; the least recently used are dropped while the kept tensors
-    exceed ``max_mib``."""
+    """A worker's phases kept for reuse, by key, within ``max_mib`` of tensors: while over it, the epoch-end
+    weights of the least recently used entries go first (only a trial that replays epoch-end callbacks needs
+    them), then the least recently used entries."""
 
     def __init__(self, max_mib: float = MAX_MIB):
         self.max_bytes = max_mib * 1024 * 1024
         self._entries: OrderedDict[str, SharedPhase] = OrderedDict()
         self._sizes: dict[str, int] = {}
 
-    def get(self, key: str) -> SharedPhase | None:
+    def get(self, key: str, with_epoch_ends: bool = False) -> SharedPhase | None:
+        """The entry of ``key``; with ``with_epoch_ends``, only one that still holds its epoch-end weights."""
         entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
+        if entry is None or (with_epoch_ends and entry.epoch_ends is None):
+            return None
+        self._entries.move_to_end(key)
         return entry
 
     def put(self, key: str, entry: SharedPhase) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
         self._sizes[key] = _tensor_bytes(entry)
+        for name, kept in self._entries.items():  # least recently used first
+            if sum(self._sizes.values()) <= self.max_bytes:
+                return
+            if kept.epoch_ends is not None:
+                kept.epoch_ends = None
+                self._sizes[name] = _tensor_bytes(kept)
         while len(self._entries) > 1 and sum(self._sizes.values()) > self.max_bytes:
             dropped, _ = self._entries.popitem(last=False)
             del self._sizes[dropped]
@@ -122,8 +134,21 @@ class SharedPhases:
 
 
 def _tensor_bytes(entry: SharedPhase) -> int:
-    states = (entry.end_state, entry.best.state)
+    states = (entry.end_state, entry.best.state, *(entry.epoch_ends or ()))
     return sum(t.numel() * t.element_size() for state in states for t in state.values())
+
+
+def keeps_epoch_ends(trials: Sequence[tuple[Hashable, str]], replaying_groups: Collection[str]) -> list[bool]:
+    """For trials in the order they run, each given as (what it shares data and backbone by, its configuration
+    group): whether a later trial with the same data and backbone replays epoch-end callbacks (its group is in
+    ``replaying_groups``), so that this trial's phases keep their epoch-end weights for it."""
+    later: set[Hashable] = set()
+    keep = []
+    for shares_by, group in reversed(trials):
+        keep.append(shares_by in later)
+        if group in replaying_groups:
+            later.add(shares_by)
+    return keep[::-1]
 
 
 @dataclass
@@ -133,6 +158,7 @@ class TrialSharing:
     store: SharedPhases
     trial_key: str
     base: str
+    keep_epoch_ends: bool = False  # keep the phases' epoch-end weights: a later trial replays callbacks on them
 
 
 def merge_best(best: BestEpoch, phase_best: BestEpoch, selectable: bool) -> None:

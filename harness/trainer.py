@@ -69,6 +69,8 @@ class FitResult:
     timed_images: int = 0  # after warm-up: what train_images_per_s is computed from
     timed_seconds: float = 0.0
     warmup: dict[str, Any] = field(default_factory=dict)  # the untimed warm-up before the phase (warm_up)
+    # FitPhase.keep_epoch_ends: the snapshot's trainable parameters and buffers at each epoch's end, in order
+    epoch_ends: list[dict[str, torch.Tensor]] | None = field(repr=False, default=None)
 
 
 def resolve_amp(device: torch.device, amp: str) -> str:
@@ -271,7 +273,9 @@ class FitPhase:
     from ``snapshot`` (None: the model trained) and tagged ``best_tag``. ``span`` places the phase in its LR
     schedule (None: a schedule of its own). ``loss_term()`` is added to the task loss at every step, in float32
     outside autocast. ``before_eval`` runs before each validation pass (BatchNorm recalibration), which scores
-    ``eval_model`` (None: the model trained)."""
+    ``eval_model`` (None: the model trained). ``keep_epoch_ends``: keep the snapshot's trainable parameters and
+    buffers as each epoch ends (where ``on_epoch_end`` runs), for a trial that reuses the phase and replays its
+    epoch-end callbacks (:mod:`tlbench.shared_phases`)."""
 
     epochs: int | None = None
     first_epoch: int = 1
@@ -294,6 +298,15 @@ class FitPhase:
     step_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     on_step_end: Callable[[torch.optim.Optimizer, int], None] | None = None
     on_epoch_end: Callable[[int], None] | None = None
+    keep_epoch_ends: bool = False
+
+
+def epoch_end_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What changes in ``model`` while a phase trains: its trainable parameters and its buffers (BatchNorm's
+    running statistics), cloned. With the parameters the phase froze, which stay as they were when it started,
+    this is the model's whole state."""
+    state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return state | {name: b.detach().clone() for name, b in model.named_buffers()}
 
 
 def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[str, Any]],
@@ -332,6 +345,7 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
                      device, autocast)
 
     history: list[dict[str, Any]] = []
+    epoch_ends: list[dict[str, torch.Tensor]] | None = [] if phase.keep_epoch_ends else None
     phase_best: tuple[float, int] = (-1.0, 0)
     phase_best_eval: Evaluation | None = None
     timed_seconds, timed_images, train_seconds, val_seconds, step = 0.0, 0, 0.0, 0.0, 0
@@ -388,6 +402,8 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
             raise TrialDiverged(f"training loss became {mean_loss} in epoch {epoch}; lower the learning rate")
         if phase.on_epoch_end is not None:
             phase.on_epoch_end(epoch)
+        if epoch_ends is not None:
+            epoch_ends.append(epoch_end_state(snapshot))
 
         model.eval()
         phase.before_eval()
@@ -416,4 +432,4 @@ def fit(model: nn.Module, train: Split, val: Split, optimizer_groups: list[dict[
                      best_val=best.evaluation or phase_best_eval, history=history,
                      train_images_per_s=(timed_images / timed_seconds) if timed_seconds > 0 else None,
                      train_seconds=train_seconds, val_seconds=val_seconds, steps=step, best_state=best.state,
-                     timed_images=timed_images, timed_seconds=timed_seconds, warmup=warmup)
+                     timed_images=timed_images, timed_seconds=timed_seconds, warmup=warmup, epoch_ends=epoch_ends)

@@ -169,9 +169,12 @@ class Phase:
     @property
     def unshared_parts(self) -> list[str]:
         """The parts that make this phase compute what its shared-phase key does not describe
-        (:mod:`tlbench.shared_phases`): every step part but ``lr_scale``, which the optimizer groups carry."""
-        return [name for name in ("batch_transform", "task_loss", "step_loss", "callbacks")
-                if _present(getattr(self, name))]
+        (:mod:`tlbench.shared_phases`): every step part but ``lr_scale``, which the optimizer groups carry, and
+        callbacks that only read the weights at epoch ends (:attr:`Callback.reads_epoch_ends_only`: replayed)."""
+        parts = [name for name in ("batch_transform", "task_loss", "step_loss") if _present(getattr(self, name))]
+        if any(not getattr(callback, "reads_epoch_ends_only", False) for callback in self.callbacks or ()):
+            parts.append("callbacks")
+        return parts
 
     def resolved_epochs(self, trial_epochs: int) -> int:
         if self.epochs is None:
@@ -235,7 +238,16 @@ class Callback:
     """Per-step and per-epoch events of training (after fastai's and Lightning's ``Callback``): subclass it and
     override what you need. ``on_step_end(ctx, optimizer)`` runs after every optimizer step (and the scheduler's);
     ``on_epoch_end(ctx, epoch)`` after an epoch's last step, before its validation pass. ``ctx`` is the trial's
-    :class:`TrainingContext` (``ctx.epoch``, ``ctx.step`` say where training is)."""
+    :class:`TrainingContext` (``ctx.epoch``, ``ctx.step`` say where training is).
+
+    Set ``reads_epoch_ends_only = True`` (on the class or an instance) for a callback that does nothing in
+    ``on_step_end`` and in ``on_epoch_end`` only reads the model: it changes neither the model, nor the optimizer,
+    nor any random generator. Training with it then computes what training without it does, so its phase may be
+    one another trial of the run already computed (:mod:`tlbench.shared_phases`); the callback is then replayed on
+    that trial's weights at each epoch end, and sees what it would have seen. SWA's per-epoch average is such a
+    callback; its per-step EMA and center loss's moving centres are not."""
+
+    reads_epoch_ends_only: bool = False
 
     def on_step_end(self, ctx: TrainingContext, optimizer: torch.optim.Optimizer) -> None:
         pass
@@ -321,6 +333,12 @@ class TrainPlan:
         parts = [name for name in ("loss_term", "surgery", "feature_layers", "reference_layers")
                  if _present(getattr(self, name))]
         return parts + sorted({part for phase in self.all_phases() for part in phase.unshared_parts})
+
+    @property
+    def replays_epoch_ends(self) -> bool:
+        """Whether a phase of this plan may reuse another trial's and replay its epoch-end callbacks there: the
+        plan shares phases and has callbacks (then all of them only read the weights at epoch ends)."""
+        return not self.unshared_parts and any(phase.callbacks for phase in self.all_phases())
 
     def step_record(self) -> dict[str, Any] | None:
         """What the record says about the step parts (None: the plan has none)."""

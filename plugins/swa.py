@@ -27,6 +27,9 @@ class WeightAverage(Callback):
     def __init__(self, average: str, start: float, decay: float, update_bn_stats: bool):
         self.average, self.start, self.decay, self.update_bn_stats = average, start, decay, update_bn_stats
         self.averaged: AveragedModel | None = None
+        # the per-epoch average only reads the weights as epochs end: swa's training is full's, and a run with
+        # both computes it once (tlbench.shared_phases); the EMA reads them at every step
+        self.reads_epoch_ends_only = average == "swa"
 
     def __repr__(self) -> str:
         return (f"WeightAverage(average={self.average!r}, start={self.start}, decay={self.decay}, "

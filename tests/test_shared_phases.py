@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import synthetic_grid
 
-from tlbench import Phase, Strategy, TrainPlan
+from tlbench import Callback, Phase, Strategy, TrainPlan
 from tlbench.registry import Plugins
-from tlbench.shared_phases import SHARED_PHASES_ENV, SharedPhase, SharedPhases, merge_best, state_digest
+from tlbench.shared_phases import (SHARED_PHASES_ENV, SharedPhase, SharedPhases, keeps_epoch_ends, merge_best,
+                                   state_digest)
 from tlbench.trainer import BestEpoch, Evaluation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -186,3 +187,108 @@ def test_a_run_all_sized_gap_between_full_and_wise_ft_keeps_fulls_phase(tmp_path
     records = grid(tmp_path / "r", tiny_backbone, ["full", *between, "wise-ft"],
                    ["l2-sp.lr=0.01", "llrd.lr=0.01", "partial.lr=0.01", "scratch.lr=0.01", "bitfit.lr=0.01"])
     assert shared(records["wise-ft"])[0] == {"trial": records["full"].key, "phase": "1"}
+
+
+class EpochEndReader(Callback):
+    """Reads the weights as each epoch ends, and changes nothing: what it saw must not depend on sharing."""
+
+    reads_epoch_ends_only = True
+    seen: list = []
+
+    def on_epoch_end(self, ctx, epoch):
+        EpochEndReader.seen.append((epoch, ctx.step, ctx.model.training, state_digest(ctx.model.state_dict())))
+
+
+class FullWithReader(Strategy):
+    name = "full-reader"
+    description = "test only"
+    defaults = {"lr": 0.01, "batchnorm": "frozen"}
+
+    def plan(self, group_names, hparams):
+        return TrainPlan({g: hparams["lr"] for g in group_names}, hparams["batchnorm"], callbacks=(EpochEndReader(),))
+
+
+def test_a_callback_reading_epoch_ends_sees_the_same_weights_when_its_phase_is_reused(tmp_path, tiny_backbone,
+                                                                                       monkeypatch):
+    """full, then full with a read-only epoch-end callback: the second reuses full's phase, and its callback is
+    replayed on full's weights at each epoch end, seeing what it sees when the phase is computed (epoch, step,
+    mode and every tensor by value)."""
+    plugins = plugins_with(FullWithReader)
+    EpochEndReader.seen = []
+    together = grid(tmp_path / "t", tiny_backbone, ["full", "full-reader"], ["epochs=3"], plugins=plugins)
+    replayed = EpochEndReader.seen
+    EpochEndReader.seen = []
+    monkeypatch.setenv(SHARED_PHASES_ENV, "0")
+    computed = grid(tmp_path / "c", tiny_backbone, ["full", "full-reader"], ["epochs=3"], plugins=plugins)
+    assert shared(together["full-reader"]) == [{"trial": together["full"].key, "phase": "1",
+                                                "epoch_ends_replayed": 3}]
+    assert [s[:3] for s in replayed] == [(1, 4, True), (2, 8, True), (3, 12, True)]
+    assert replayed == EpochEndReader.seen
+    assert same_results(together["full-reader"], computed["full-reader"])
+
+
+def test_swa_reuses_fulls_fine_tuning_and_averages_the_same_weights(tmp_path, tiny_backbone, monkeypatch):
+    settings = ["epochs=4", "swa.lr=0.01"]
+    together = grid(tmp_path / "t", tiny_backbone, ["full", "swa"], settings)
+    monkeypatch.setenv(SHARED_PHASES_ENV, "0")
+    computed = grid(tmp_path / "c", tiny_backbone, ["full", "swa"], settings)
+    assert shared(together["swa"]) == [{"trial": together["full"].key, "phase": "1", "epoch_ends_replayed": 4}]
+    assert shared(computed["swa"]) == [None]
+    assert same_results(together["swa"], computed["swa"])
+    averaged = [r.plan["after_training"] for r in (together["swa"], computed["swa"])]
+    assert averaged[0] == averaged[1] and averaged[0]["averaged"] == 2  # epochs 3 and 4 (start 0.5 x 4 epochs)
+
+
+def test_an_ema_or_a_callback_that_writes_never_shares(tmp_path, tiny_backbone):
+    """The EMA reads the weights at every step; a callback that does not say it only reads may change anything."""
+    records = grid(tmp_path / "r", tiny_backbone, ["full", "swa"], ["swa.lr=0.01", "swa.average=ema"])
+    assert shared(records["swa"]) == [None]
+
+
+def test_a_phase_keeps_its_epoch_ends_only_when_a_later_trial_replays_them(tmp_path, tiny_backbone, monkeypatch):
+    """Epoch-end weights cost memory (and the trial's measured peak would count them): a trial keeps them only
+    when a later trial of the run, on the same data and backbone, replays epoch-end callbacks."""
+    import tlbench.grid
+
+    kept = []
+    real = tlbench.grid.keeps_epoch_ends
+
+    def spy(trials, groups):
+        kept.append(real(trials, groups))
+        return kept[-1]
+
+    put = SharedPhases.put
+    stored = []
+
+    def put_spy(self, key, entry):
+        stored.append((entry.origin, entry.epoch_ends is not None))
+        put(self, key, entry)
+
+    monkeypatch.setattr(tlbench.grid, "keeps_epoch_ends", spy)
+    monkeypatch.setattr(SharedPhases, "put", put_spy)
+    alone = grid(tmp_path / "a", tiny_backbone, ["full"], [])
+    assert kept == [[False]] and stored == [(alone["full"].key, False)]
+    stored.clear()
+    together = grid(tmp_path / "b", tiny_backbone, ["full", "swa", "wise-ft"], ["swa.lr=0.01"])
+    assert kept[1] == [True, False, False] and stored == [(together["full"].key, True)]
+
+
+def test_keeping_epoch_ends_looks_at_later_trials_with_the_same_data_and_backbone():
+    trials = [("data-a", "full"), ("data-b", "full"), ("data-a", "swa"), ("data-a", "full-2"), ("data-b", "x")]
+    assert keeps_epoch_ends(trials, {"swa"}) == [True, False, False, False, False]
+    assert keeps_epoch_ends(trials, set()) == [False] * 5
+    assert keeps_epoch_ends([("d", "swa"), ("d", "swa-2")], {"swa", "swa-2"}) == [True, False]
+
+
+def test_the_store_drops_epoch_ends_before_entries():
+    def entry(mib, epoch_ends):
+        tensor = torch.zeros(int(mib * 1024 * 1024 / 4))
+        best = BestEpoch()
+        best.state = {"w": tensor}
+        return SharedPhase("origin", "1", {"w": tensor}, best, fit=None, epoch_ends=[{"w": tensor}] * epoch_ends)
+
+    store = SharedPhases(max_mib=7)
+    store.put("a", entry(1, 2))  # 4 MiB
+    store.put("b", entry(1, 2))  # 8 MiB: a's epoch ends go, a stays
+    assert store.get("a") is not None and store.get("a", with_epoch_ends=True) is None
+    assert store.get("b", with_epoch_ends=True) is not None and len(store) == 2
